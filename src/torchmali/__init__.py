@@ -1,0 +1,32 @@
+"""torchmali: Neural ODEs with exact, memory-efficient gradients.
+
+The public API, re-exported from the private modules:
+
+* :func:`odeint`, :func:`solve` — integrate an ODE (torchdiffeq conventions);
+* gradient methods for ``gradient=``: :class:`Direct`;
+* :class:`Options`, :class:`Solution`, :class:`SolveStats`, :class:`SolverError`;
+* :mod:`torchmali.solvers` — the solvers and their registry.
+"""
+
+from ._errors import SolverError
+from ._odeint import odeint, solve
+from ._options import Options
+from ._solution import Solution, SolveStats
+from .gradients import Direct, GradientMethod
+from .solvers import ALF, SOLVERS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALF",
+    "SOLVERS",
+    "Direct",
+    "GradientMethod",
+    "Options",
+    "Solution",
+    "SolveStats",
+    "SolverError",
+    "__version__",
+    "odeint",
+    "solve",
+]

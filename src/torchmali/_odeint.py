@@ -1,0 +1,258 @@
+"""``odeint`` / ``solve``: validate and normalise the inputs once, then dispatch.
+
+Normalisation: tuple states are flattened into one tensor, decreasing time is mapped to
+increasing ``s = -t`` (integrating ``dy/ds = -func(-s, y)``), time is float64 while the state keeps
+its dtype. Solvers and gradient methods only ever see the normalised problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._loop import Problem
+from ._options import Options
+from ._solution import Solution, SolveStats
+from ._tree import RHS, Structure
+from .gradients import resolve
+from .gradients.base import GradientMethod
+from .solvers import ALF, SOLVERS
+from .step_size import Tolerance, rms_norm
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+
+_ADAPTIVE_ONLY = (
+    "first_step",
+    "min_step",
+    "max_step",
+    "safety",
+    "ifactor",
+    "dfactor",
+    "pcoeff",
+    "icoeff",
+    "dcoeff",
+    "norm",
+)
+
+
+def odeint(
+    func: Callable,
+    y0: State,
+    t: torch.Tensor | Sequence[float],
+    rtol: float | Sequence[float] = 1e-7,
+    atol: float | Sequence[float] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    *,
+    gradient: str | GradientMethod = "direct",
+    params: Sequence[torch.Tensor] | None = None,
+) -> State:
+    """Integrate ``dy/dt = func(t, y)`` and return ``y`` at every time in ``t``.
+
+    A drop-in replacement for ``torchdiffeq.odeint`` with a choice of gradient method.
+
+    Args:
+        func: any callable ``func(t, y)`` returning ``dy/dt`` with the structure, shape and dtype
+            of ``y``; ``t`` is passed as a 0-dim tensor of the state's dtype and device.
+        y0: the initial state: a tensor, or a tuple of tensors (same dtype and device).
+        t: 1-D tensor of output times, strictly increasing or strictly decreasing; ``t[0]`` is the
+            initial time.
+        rtol: relative tolerance; a number, or one number per tensor of a tuple state.
+        atol: absolute tolerance; a number, or one number per tensor of a tuple state.
+        method: solver name (default ``"dopri5"``): fixed grid ``euler``, ``midpoint``, ``heun``,
+            ``rk4``; adaptive ``adaptive_heun``, ``bosh3``, ``dopri5``, ``tsit5``; and ``alf``
+            (adaptive, or fixed with ``options={"step_size": h}``).
+        options: solver options, see :class:`torchmali.Options` for every key.
+        gradient: ``"direct"``, ``"mali"``, ``"checkpoint"`` (``"aca"``, ``"anode"``),
+            ``"binomial"`` (``"revolve"``), ``"adjoint"``, or a configuration object such as
+            ``torchmali.Binomial(checkpoints=8)``.
+        params: the tensors to differentiate for memory-efficient gradient methods when ``func``
+            is not an ``nn.Module`` (for a module they default to its parameters).
+
+    Returns:
+        The solution at every time in ``t``, stacked along a new leading dimension (a tuple of
+        such tensors for a tuple ``y0``).
+
+    Raises:
+        ValueError, TypeError: invalid input (the message names the fix).
+        SolverError: the solve could not finish (step-size underflow, too many steps, NaN/Inf).
+    """
+    return solve(func, y0, t, rtol, atol, method, options, gradient=gradient, params=params).ys
+
+
+def solve(
+    func: Callable,
+    y0: State,
+    t: torch.Tensor | Sequence[float],
+    rtol: float | Sequence[float] = 1e-7,
+    atol: float | Sequence[float] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    *,
+    gradient: str | GradientMethod = "direct",
+    params: Sequence[torch.Tensor] | None = None,
+) -> Solution:
+    """Like :func:`odeint`, but return a :class:`Solution` with the accepted grid and statistics."""
+    structure = Structure.of(y0)
+    y0_flat = structure.flatten(y0)
+    if not y0_flat.is_floating_point():
+        raise TypeError(f"y0 must be floating point, got {y0_flat.dtype}: use y0.float()")
+    if not bool(torch.isfinite(y0_flat).all()):
+        raise ValueError("y0 contains NaN or Inf values: the initial state must be finite")
+    t_tensor, t_list, sign = _check_t(t)
+    method = "dopri5" if method is None else method
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; valid methods are {sorted(SOLVERS)}")
+    opts = Options.parse(options)
+    solver = _make_solver(method, opts)
+    grad = resolve(gradient)
+    grad.check(solver, opts.step_size is not None)
+    f = RHS(func, structure, sign)
+    tol = _tolerance(structure, rtol, atol, opts)
+    problem = Problem(f=f, solver=solver, options=opts, tol=tol, t_out=[sign * v for v in t_list])
+    param_tuple = _params(func, params, grad)
+    stats = SolveStats(method=method, gradient=grad.name)
+
+    s_tensor = t_tensor * sign if sign < 0 else t_tensor
+    time_grad = s_tensor.requires_grad and torch.is_grad_enabled()
+    if time_grad:
+        y0_flat = _shift_start(f, problem.t_out[0], s_tensor[0], y0_flat)
+    outputs, record = grad.run(problem, y0_flat, param_tuple, stats)
+    if time_grad:
+        outputs = [outputs[0]] + [
+            _shift_output(f, problem.t_out[k], s_tensor[k], y) for k, y in enumerate(outputs) if k
+        ]
+        outputs[0] = structure.flatten(y0)
+    stats.nfe_forward = f.nfe
+    stats.n_accepted = record.n_steps
+    stats.n_rejected = record.n_rejected
+    ys = structure.unflatten_stacked(torch.stack(outputs))
+    ts = torch.tensor(record.ts, dtype=torch.float64) * sign
+    return Solution(ys=ys, ts=ts, stats=stats)
+
+
+def _check_t(t) -> tuple[torch.Tensor, list[float], float]:
+    if not isinstance(t, torch.Tensor):
+        try:
+            t = torch.as_tensor(t, dtype=torch.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}") from e
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    values = [float(v) for v in t.detach().to(torch.float64).cpu()]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("t contains NaN or Inf values")
+    diffs = [b - a for a, b in zip(values, values[1:], strict=False)]
+    if all(d > 0 for d in diffs):
+        sign = 1.0
+    elif all(d < 0 for d in diffs):
+        sign = -1.0
+    else:
+        raise ValueError(
+            f"t must be strictly increasing or strictly decreasing, got {values[:8]}"
+            + ("..." if len(values) > 8 else "")
+        )
+    return t, values, sign
+
+
+def _make_solver(method: str, opts: Options):
+    cls = SOLVERS[method]
+    if opts.eta != 1.0 and cls is not ALF:
+        raise ValueError(
+            f"options['eta'] is the ALF damping; it has no effect with method={method!r}"
+        )
+    if not cls.adaptive and opts.step_size is None:
+        raise ValueError(
+            f"method {method!r} is a fixed-grid solver: pass options={{'step_size': h}}, or use an "
+            "adaptive method ('dopri5', 'tsit5', 'bosh3', 'adaptive_heun', 'alf')"
+        )
+    if opts.step_size is not None:
+        defaults = Options()
+        given = [k for k in _ADAPTIVE_ONLY if getattr(opts, k) != getattr(defaults, k)]
+        if given:
+            raise ValueError(
+                f"option(s) {given} only apply to adaptive solves and have no effect with "
+                "options['step_size']: remove them, or remove step_size"
+            )
+    return ALF(eta=opts.eta) if cls is ALF else cls()
+
+
+def _tolerance(structure: Structure, rtol, atol, opts: Options) -> Tolerance:
+    values = {}
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        v = structure.per_tensor(value, name)
+        vals = [v] if isinstance(v, float) else v.tolist()
+        if not all(math.isfinite(x) and x >= 0 for x in vals):
+            raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
+        values[name] = v
+    norm = rms_norm
+    if opts.norm is not None:
+        user_norm = opts.norm
+        norm = lambda x: user_norm(structure.unflatten(x))  # noqa: E731
+    return Tolerance(rtol=values["rtol"], atol=values["atol"], norm=norm)
+
+
+def _params(func, params, grad: GradientMethod) -> tuple[torch.Tensor, ...]:
+    if params is not None:
+        params = tuple(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
+        return tuple(p for p in params if p.requires_grad)
+    if isinstance(func, nn.Module):
+        return tuple(p for p in func.parameters() if p.requires_grad)
+    if grad.name != "direct":
+        owner = getattr(func, "__self__", None)
+        if isinstance(owner, nn.Module):
+            return tuple(p for p in owner.parameters() if p.requires_grad)
+        captured = _captured_trainables(func)
+        if captured:
+            raise ValueError(
+                f"func is not an nn.Module but uses {captured} tensor(s) or module(s) that "
+                f"require grad; gradient={grad.name!r} can only differentiate what it is given: "
+                "pass them as params=[...] (or make func an nn.Module)"
+            )
+    return ()
+
+
+def _captured_trainables(func) -> int:
+    """Count tensors requiring grad / modules with trainable parameters that func closes over."""
+    cells = [c.cell_contents for c in (getattr(func, "__closure__", None) or ()) if _has(c)]
+    cells += list(getattr(func, "__defaults__", None) or ())
+    count = 0
+    for obj in cells:
+        if isinstance(obj, torch.Tensor) and obj.requires_grad:
+            count += 1
+        elif isinstance(obj, nn.Module) and any(p.requires_grad for p in obj.parameters()):
+            count += 1
+    return count
+
+
+def _has(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
+
+
+def _shift_start(f: RHS, s0: float, s0_tensor: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    """Attach ``∂y(t_k)/∂t0 = -Φ(t_k, t0) f(t0, y0)`` by shifting y0 by ``-(t0 - t0') f``."""
+    with torch.no_grad():
+        f0 = f(s0, y0)
+    delta = (s0_tensor - s0_tensor.detach()).to(y0.dtype)
+    return y0 - delta * f0
+
+
+def _shift_output(f: RHS, s: float, s_tensor: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Attach ``∂y(t_k)/∂t_k = f(t_k, y(t_k))`` to an output."""
+    with torch.no_grad():
+        fk = f(s, y)
+    delta = (s_tensor - s_tensor.detach()).to(y.dtype)
+    return y + delta * fk

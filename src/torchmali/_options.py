@@ -1,0 +1,137 @@
+"""Validated solver options (the ``options=`` dict)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+DEFAULT_MAX_NUM_STEPS = 100_000
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every key accepted in ``options=``.
+
+    Attributes:
+        step_size: fixed step size; required by the fixed-grid solvers, and turns ``"alf"`` into a
+            fixed-step solver. The grid is ``t0 + i * step_size`` merged with every output time.
+        first_step: initial step of an adaptive solve (default: Hairer's rule, 2 evaluations).
+        max_num_steps: maximum number of steps (accepted + rejected) before a ``SolverError``.
+        min_step: smallest step an adaptive solver may take before a ``SolverError``.
+        max_step: largest step an adaptive solver may take.
+        safety: step-size safety factor (0.9).
+        ifactor: largest growth factor of the step size per step (10).
+        dfactor: smallest shrink factor of the step size per step (0.2).
+        pcoeff, icoeff, dcoeff: PID controller coefficients (0, 1, 0 = integral controller).
+        eta: ALF damping η in (0, 1], not 0.5 (default 1).
+        step_t: times the adaptive grid must step on (e.g. discontinuities of ``func``).
+        norm: custom error norm ``norm(scaled_error) -> scalar`` (default: RMS over all elements).
+    """
+
+    step_size: float | None = None
+    first_step: float | None = None
+    max_num_steps: int = DEFAULT_MAX_NUM_STEPS
+    min_step: float = 0.0
+    max_step: float = math.inf
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    eta: float = 1.0
+    step_t: tuple[float, ...] = ()
+    norm: Callable[[Any], Any] | None = None
+
+    @staticmethod
+    def keys() -> list[str]:
+        return [f.name for f in fields(Options)]
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any] | None) -> Options:
+        """Validate a user's options dict (never mutated) into an :class:`Options`."""
+        if options is None:
+            return cls()
+        if isinstance(options, Options):
+            return options
+        if not isinstance(options, Mapping):
+            raise TypeError(f"options must be a dict, got {type(options).__name__}")
+        valid = cls.keys()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; valid options are {valid}")
+        kw: dict[str, Any] = {}
+        for key, value in options.items():
+            if value is None and key in ("step_size", "first_step", "norm"):
+                continue
+            if key == "norm":
+                if not callable(value):
+                    raise TypeError("options['norm'] must be a callable norm(tensor) -> scalar")
+                kw[key] = value
+            elif key == "step_t":
+                kw[key] = _times(value)
+            elif key == "max_num_steps":
+                if int(value) != value or value < 1:
+                    raise ValueError(
+                        f"options['max_num_steps'] must be a positive integer, got {value!r}"
+                    )
+                kw[key] = int(value)
+            else:
+                kw[key] = _number(key, value)
+        opts = cls(**kw)
+        opts._check()
+        return opts
+
+    def _check(self) -> None:
+        for key in ("step_size", "first_step"):
+            v = getattr(self, key)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"options[{key!r}] must be a finite positive number, got {v}")
+        if not (self.min_step >= 0 and math.isfinite(self.min_step)):
+            raise ValueError(f"options['min_step'] must be finite and >= 0, got {self.min_step}")
+        if not self.max_step > self.min_step:
+            raise ValueError("options['max_step'] must be larger than options['min_step']")
+        if not 0 < self.safety <= 1:
+            raise ValueError(f"options['safety'] must be in (0, 1], got {self.safety}")
+        if not self.ifactor >= 1:
+            raise ValueError(f"options['ifactor'] must be >= 1, got {self.ifactor}")
+        if not 0 < self.dfactor <= 1:
+            raise ValueError(f"options['dfactor'] must be in (0, 1], got {self.dfactor}")
+        for key in ("pcoeff", "icoeff", "dcoeff"):
+            if not math.isfinite(getattr(self, key)):
+                raise ValueError(f"options[{key!r}] must be finite")
+        if not 0 < self.eta <= 1:
+            raise ValueError(f"options['eta'] (ALF damping) must be in (0, 1], got {self.eta}")
+        if self.eta == 0.5:
+            raise ValueError(
+                "options['eta'] = 0.5 makes ALF non-invertible (1 - 2*eta = 0); use eta = 1.0 "
+                "(default) or a value away from 0.5"
+            )
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"options[{key!r}] must be a scalar, got a tensor of shape {tuple(value.shape)}"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"options[{key!r}] must be a number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"options[{key!r}] is NaN")
+    return value
+
+
+def _times(value: Any) -> tuple[float, ...]:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().reshape(-1).tolist()
+    out = tuple(float(v) for v in value)
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError("options['step_t'] must hold finite times")
+    return out

@@ -1,0 +1,62 @@
+"""What a solve returns: the values, the accepted grid and the statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class SolveStats:
+    """Statistics of one solve. Backward-pass fields are filled in when ``.backward()`` runs.
+
+    Attributes:
+        method: the solver's name.
+        gradient: the gradient method's name.
+        nfe_forward: evaluations of ``func`` in the forward pass (initial step selection, rejected
+            trial steps and time-gradient evaluations included).
+        nfe_backward: evaluations of ``func`` (with graph) in the backward pass of a
+            memory-efficient gradient method (0 for ``direct``, whose backward is autograd's).
+        n_accepted: accepted steps.
+        n_rejected: rejected trial steps.
+        memory_bytes: bytes kept for the backward pass: saved activations for ``direct`` (counted
+            with ``torch.autograd.graph.saved_tensors_hooks``), stored states and checkpoints for
+            the other methods, plus the step record.
+        drift: ``mali`` only: relative error of the reconstructed ``(z0, v0)`` against the stored
+            ones, measured at the end of the backward pass.
+        recomputed_steps: ``binomial`` only: steps recomputed without graph in the backward pass.
+        optimal_recomputed_steps: ``binomial`` only: the binomial-checkpointing optimum for this
+            number of steps and checkpoints.
+    """
+
+    method: str
+    gradient: str
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    memory_bytes: int = 0
+    drift: float | None = None
+    recomputed_steps: int | None = None
+    optimal_recomputed_steps: int | None = None
+
+    def as_dict(self) -> dict:
+        """The statistics as a plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+
+@dataclass
+class Solution:
+    """The result of :func:`torchmali.solve`.
+
+    Attributes:
+        ys: the solution at every requested time, stacked along a new leading dimension (a tuple
+            for a tuple state); the same as what :func:`torchmali.odeint` returns.
+        ts: the accepted step times (float64, in the direction of ``t``), ``ts[0] == t[0]``.
+        stats: a :class:`SolveStats`.
+    """
+
+    ys: torch.Tensor | tuple[torch.Tensor, ...]
+    ts: torch.Tensor
+    stats: SolveStats

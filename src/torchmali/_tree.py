@@ -1,0 +1,142 @@
+"""Tensor or tuple-of-tensors states <-> one flat tensor, and the wrapped right-hand side."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The structure of the user's state: one tensor, or a tuple of tensors.
+
+    Solvers always see one tensor: the state itself for a single tensor (no copy), or the
+    concatenation of the flattened members of a tuple.
+    """
+
+    is_tuple: bool
+    shapes: tuple[torch.Size, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    @staticmethod
+    def of(y0: torch.Tensor | Sequence[torch.Tensor]) -> Structure:
+        if isinstance(y0, torch.Tensor):
+            return Structure(False, (y0.shape,), y0.dtype, y0.device)
+        if not isinstance(y0, tuple | list) or len(y0) == 0:
+            raise TypeError(
+                f"y0 must be a tensor or a non-empty tuple of tensors, got {type(y0).__name__}"
+            )
+        for i, y in enumerate(y0):
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"y0[{i}] must be a tensor, got {type(y).__name__}")
+        dtypes = {y.dtype for y in y0}
+        devices = {y.device for y in y0}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise ValueError(
+                "all tensors of a tuple state must share one dtype and device; got "
+                f"dtypes {sorted(map(str, dtypes))} and devices {sorted(map(str, devices))}: "
+                "convert them with .to(...) first"
+            )
+        return Structure(True, tuple(y.shape for y in y0), y0[0].dtype, y0[0].device)
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(s.numel() for s in self.shapes)
+
+    def flatten(self, ys: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if not self.is_tuple:
+            return ys
+        return torch.cat([y.reshape(-1) for y in ys])
+
+    def unflatten(self, y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if not self.is_tuple:
+            return y
+        parts = torch.split(y, self.numels, dim=-1)
+        lead = y.shape[:-1]
+        return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
+
+    def unflatten_stacked(self, ys: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Unflatten a stack of flat states ``[T, n]`` into ``[T, *shape]`` members."""
+        return self.unflatten(ys)
+
+    def per_tensor(self, value, name: str) -> torch.Tensor | float:
+        """Expand a per-tensor tolerance (one number per tuple member) to the flat layout."""
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return float(value)
+        values = [float(v) for v in value]
+        if not self.is_tuple or len(values) != len(self.shapes):
+            raise ValueError(
+                f"{name} must be a number, or (for a tuple state) one number per tensor "
+                f"({len(self.shapes)} here); got {value!r}"
+            )
+        if len(set(values)) == 1:
+            return values[0]
+        return torch.cat(
+            [
+                torch.full((n,), v, dtype=self.dtype, device=self.device)
+                for v, n in zip(values, self.numels, strict=True)
+            ]
+        )
+
+
+class RHS:
+    """The user's ``func`` seen by the solvers: flat state, float time, evaluation counter.
+
+    ``sign = -1`` integrates in reversed time ``s = -t`` (``dy/ds = -func(-s, y)``), so solvers
+    always step forward. The output's shape, dtype and structure are checked on every call: the
+    check is a few tuple comparisons, and a mismatch is always a user error worth naming.
+    """
+
+    def __init__(self, func: Callable, structure: Structure, sign: float = 1.0) -> None:
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        self.func = func
+        self.structure = structure
+        self.sign = sign
+        self.nfe = 0
+
+    def time(self, t: float) -> torch.Tensor:
+        return torch.tensor(self.sign * t, dtype=self.structure.dtype, device=self.structure.device)
+
+    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        st = self.structure
+        out = self.func(self.time(t), st.unflatten(y))
+        out = self._check(out)
+        flat = st.flatten(out)
+        return -flat if self.sign < 0 else flat
+
+    def _check(self, out):
+        st = self.structure
+        if st.is_tuple:
+            if not isinstance(out, tuple | list) or len(out) != len(st.shapes):
+                raise ValueError(
+                    f"func must return a tuple of {len(st.shapes)} tensors like y0, got "
+                    f"{type(out).__name__}"
+                    + (f" of length {len(out)}" if isinstance(out, tuple | list) else "")
+                )
+            items = out
+        else:
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"func must return a tensor like y0, got {type(out).__name__}")
+            items = (out,)
+        for i, (o, shape) in enumerate(zip(items, st.shapes, strict=True)):
+            where = f"func output[{i}]" if st.is_tuple else "func output"
+            if not isinstance(o, torch.Tensor):
+                raise ValueError(f"{where} must be a tensor, got {type(o).__name__}")
+            if o.shape != shape:
+                raise ValueError(
+                    f"{where} has shape {tuple(o.shape)} but the state has shape {tuple(shape)}: "
+                    "func(t, y) must return dy/dt with the same shape as y"
+                )
+            if o.dtype != st.dtype:
+                raise ValueError(
+                    f"{where} has dtype {o.dtype} but the state has dtype {st.dtype}: "
+                    "cast the parameters (module.to(dtype)) or y0 so they match"
+                )
+        return out

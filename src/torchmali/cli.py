@@ -1,0 +1,37 @@
+"""The ``torchmali`` command line: ``torchmali bench`` and ``torchmali train TASK``.
+
+Each subcommand lives in its own module under :mod:`torchmali.experiments` and registers itself
+through an ``add_parser(subparsers)`` function that sets ``func`` on its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every subcommand registered."""
+    from torchmali.experiments import bench, train
+
+    parser = argparse.ArgumentParser(
+        prog="torchmali",
+        description="Neural ODEs with exact, memory-efficient gradients.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench.add_parser(sub)
+    train.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``torchmali`` console script and of ``python -m torchmali``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

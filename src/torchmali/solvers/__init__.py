@@ -1,0 +1,31 @@
+"""Solvers and their registry (``method=`` name -> class)."""
+
+from __future__ import annotations
+
+from .alf import ALF
+from .base import ReversibleSolver, Solver, StepResult
+from .explicit import RK4, AdaptiveHeun, Bosh3, Dopri5, Euler, Heun, Midpoint, Tsit5
+from .tableau import ButcherTableau, RungeKutta
+
+SOLVERS: dict[str, type[Solver]] = {
+    cls.name: cls for cls in (Euler, Midpoint, Heun, RK4, AdaptiveHeun, Bosh3, Dopri5, Tsit5, ALF)
+}
+FIXED_GRID_ONLY = tuple(name for name, cls in SOLVERS.items() if not cls.adaptive)
+
+__all__ = [
+    "ALF",
+    "RK4",
+    "SOLVERS",
+    "AdaptiveHeun",
+    "Bosh3",
+    "ButcherTableau",
+    "Dopri5",
+    "Euler",
+    "Heun",
+    "Midpoint",
+    "ReversibleSolver",
+    "RungeKutta",
+    "Solver",
+    "StepResult",
+    "Tsit5",
+]

@@ -1,0 +1,99 @@
+"""Solver contracts.
+
+A solver is an immutable object with a tiny contract, operating on one tensor state ``y`` and
+float64 Python times:
+
+* ``init(f, t0, y0) -> state``: the solver's auxiliary state at the start (for first-same-as-last
+  Runge–Kutta methods the derivative ``f(t0, y0)``, for ALF the velocity ``v0``; ``None`` if the
+  method carries nothing between steps).
+* ``step(f, t0, h, y0, state) -> StepResult``: one step; it never chooses its own step size.
+* ``interpolate(t0, h, y0, step_result, t) -> y(t)`` for solvers with ``dense_output = True``.
+
+A reversible solver adds ``inverse(f, t1, h, y1, state1) -> (y0, state0)``.
+
+Every gradient method drives solvers through this contract only, so a step is a pure function of
+``(t0, h, y0, state)`` and can be replayed exactly in a backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Func = Callable[[float, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepResult:
+    """The result of one solver step.
+
+    Attributes:
+        y1: the state at ``t0 + h``.
+        error: the local error estimate (same shape as ``y1``), or ``None`` for fixed-grid methods.
+        state1: the solver's auxiliary state at ``t0 + h`` (``None`` if it carries none).
+        dense: whatever ``interpolate`` needs (e.g. the stages), or ``None``.
+    """
+
+    y1: torch.Tensor
+    error: torch.Tensor | None
+    state1: Any
+    dense: Any = None
+
+
+class Solver:
+    """Base class of every solver.
+
+    Class attributes:
+        name: the ``method=`` string.
+        order: the order of convergence of the method.
+        adaptive: whether ``step`` returns an error estimate (the solver can run without
+            ``step_size``).
+        error_order: the exponent ``k`` of the step-size controller, ``factor ~ err^(-1/k)``
+            (the order of the error estimate plus one).
+        dense_output: whether ``interpolate`` is available; without it the integration loop shortens
+            steps so that the grid lands on every output time.
+        reversible: whether ``inverse`` is available (see :class:`ReversibleSolver`).
+    """
+
+    name: str = ""
+    order: int = 0
+    adaptive: bool = False
+    error_order: int = 0
+    dense_output: bool = False
+    reversible: bool = False
+
+    def init(self, f: Func, t0: float, y0: torch.Tensor) -> Any:
+        """Return the auxiliary state at the initial point (``None`` by default)."""
+        return None
+
+    def derivative(self, state: Any) -> torch.Tensor | None:
+        """Return ``f(t, y)`` at the current point if the state holds it (used for the first step)."""
+        return None
+
+    def step(self, f: Func, t0: float, h: float, y0: torch.Tensor, state: Any) -> StepResult:
+        """Advance ``y0`` from ``t0`` to ``t0 + h``."""
+        raise NotImplementedError
+
+    def interpolate(
+        self, t0: float, h: float, y0: torch.Tensor, result: StepResult, t: float
+    ) -> torch.Tensor:
+        """Evaluate the continuous extension of a step at ``t`` in ``[t0, t0 + h]``."""
+        raise NotImplementedError(f"solver {self.name!r} has no dense output")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ReversibleSolver(Solver):
+    """A solver whose step has an exact algebraic inverse."""
+
+    reversible = True
+
+    def inverse(
+        self, f: Func, t1: float, h: float, y1: torch.Tensor, state1: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """Undo ``step``: from ``(y1, state1)`` at ``t1`` recover ``(y0, state0)`` at ``t1 - h``."""
+        raise NotImplementedError

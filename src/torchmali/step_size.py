@@ -1,0 +1,120 @@
+"""Step-size selection: fixed grids, the PID / integral controller, and the initial step."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ._options import Options
+
+
+def fixed_grid(t_out: Sequence[float], h: float, extra: Sequence[float] = ()) -> list[float]:
+    """The grid ``t0 + i h`` merged with every output time (and ``extra`` times).
+
+    Every output time and the final time are grid points, so fixed-grid solvers land exactly on
+    them (with ``h = 0.3`` and ``t = [0, 1]`` the answer is ``y(1)``, not ``y(0.9)``). A regular
+    point closer than ``1e-6 h`` to an output time is dropped instead of making a sliver step.
+    """
+    t0, t1 = t_out[0], t_out[-1]
+    stops = sorted({*t_out, *(t for t in extra if t0 < t < t1)})
+    n = math.ceil((t1 - t0) / h)
+    regular = []
+    for i in range(1, n):
+        p = t0 + i * h
+        j = bisect.bisect_left(stops, p)
+        near = [stops[k] for k in (j - 1, j) if 0 <= k < len(stops)]
+        if all(abs(p - s) > 1e-6 * h for s in near):
+            regular.append(p)
+    return sorted([*stops, *regular])
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square norm over all elements."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+@dataclass
+class Tolerance:
+    """Error scaling ``atol + rtol * max(|y0|, |y1|)`` and the norm of the scaled error."""
+
+    rtol: float | torch.Tensor
+    atol: float | torch.Tensor
+    norm: Callable[[torch.Tensor], torch.Tensor | float] = rms_norm
+
+    def scale(self, y0: torch.Tensor, y1: torch.Tensor | None = None) -> torch.Tensor:
+        mag = y0.abs() if y1 is None else torch.maximum(y0.abs(), y1.abs())
+        return mag * self.rtol + self.atol
+
+    def error_ratio(self, error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor) -> float:
+        """The norm of the scaled error; NaN whenever ``y1`` holds a NaN or Inf."""
+        ratio = torch.as_tensor(self.norm(error / self.scale(y0, y1)), device=y1.device)
+        return float(ratio + y1.sum() * 0.0)
+
+
+class Controller:
+    """PID step-size controller (the integral controller for the default coefficients).
+
+    The factor applied to the step after an error ratio ``e_n`` (``<= 1`` accepted) is::
+
+        safety * e_n^(-β1/k) * e_{n-1}^(-β2/k) * e_{n-2}^(-β3/k),  clipped to [dfactor, ifactor]
+
+    with ``β1 = p + i + d``, ``β2 = -(p + 2d)``, ``β3 = d`` and ``k`` the solver's
+    ``error_order``. After a rejection the next accepted step may not grow.
+    """
+
+    def __init__(self, options: Options, error_order: int) -> None:
+        self.o = options
+        k = float(error_order)
+        p, i, d = options.pcoeff, options.icoeff, options.dcoeff
+        self.exponents = ((p + i + d) / k, -(p + 2 * d) / k, d / k)
+        self.history = [1.0, 1.0]
+        self.after_reject = False
+
+    def factor(self, err: float, accepted: bool) -> float:
+        o = self.o
+        if err == 0.0:
+            return o.ifactor
+        e1, e2, e3 = self.exponents
+        prev1, prev2 = self.history
+        if not accepted:
+            # Rejected: shrink by the current error only (history is about accepted steps).
+            f = o.safety * err ** (-(e1 + e2 + e3))
+            self.after_reject = True
+            return min(1.0, max(o.dfactor, f))
+        f = o.safety * err ** (-e1) * prev1 ** (-e2) * prev2 ** (-e3)
+        self.history = [err, prev1]
+        f = min(o.ifactor, max(o.dfactor, f))
+        if self.after_reject:
+            f = min(f, 1.0)
+            self.after_reject = False
+        return f
+
+
+def initial_step(
+    f: Callable[[float, torch.Tensor], torch.Tensor],
+    t0: float,
+    y0: torch.Tensor,
+    f0: torch.Tensor,
+    order: int,
+    tol: Tolerance,
+    t_span: float,
+) -> float:
+    """Hairer, Nørsett & Wanner's initial step (one extra evaluation beyond ``f0``)."""
+    with torch.no_grad():
+        scale = tol.scale(y0)
+        d0 = float(rms_norm(y0 / scale))
+        d1 = float(rms_norm(f0 / scale))
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        h0 = min(h0, t_span)
+        y1 = torch.add(y0, f0, alpha=h0)
+        f1 = f(t0 + h0, y1)
+        d2 = float(rms_norm((f1 - f0) / scale)) / h0
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+        return min(100 * h0, h1, t_span)
