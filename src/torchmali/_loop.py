@@ -38,6 +38,11 @@ class Problem:
     def user_time(self, s: float) -> float:
         return self.f.sign * s
 
+    @property
+    def step_t(self) -> list[float]:
+        """``options.step_t`` in the normalised (increasing) time."""
+        return [self.f.sign * s for s in self.options.step_t]
+
 
 @dataclass
 class StepRecord:
@@ -95,7 +100,7 @@ def integrate(
 
 def _fixed(problem, y, state, on_step):
     solver, t_out = problem.solver, problem.t_out
-    grid = fixed_grid(t_out, problem.options.step_size, problem.options.step_t)
+    grid = fixed_grid(t_out, problem.options.step_size, problem.step_t)
     if len(grid) - 1 > problem.options.max_num_steps:
         raise SolverError(
             f"the fixed grid needs {len(grid) - 1} steps, more than max_num_steps="
@@ -151,7 +156,7 @@ def _adaptive(problem, y, state, on_step):
         k += 1
     if k == len(t_out):
         return outputs, y, state, record
-    landings = {t_end, *(s for s in o.step_t if t < s < t_end)}
+    landings = {t_end, *(s for s in problem.step_t if t < s < t_end)}
     if not solver.dense_output:
         landings.update(t_out[k:])
     stops = sorted(landings)
