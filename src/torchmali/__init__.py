@@ -12,16 +12,27 @@ from ._errors import SolverError
 from ._odeint import odeint, solve
 from ._options import Options
 from ._solution import Solution, SolveStats
-from .gradients import Direct, GradientMethod
+from .gradients import (
+    Binomial,
+    Checkpoint,
+    Direct,
+    GradientMethod,
+    Mali,
+    ReconstructionDriftWarning,
+)
 from .solvers import ALF, SOLVERS
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALF",
+    "Binomial",
+    "Checkpoint",
     "SOLVERS",
     "Direct",
     "GradientMethod",
+    "Mali",
+    "ReconstructionDriftWarning",
     "Options",
     "Solution",
     "SolveStats",

@@ -1,0 +1,82 @@
+"""Pieces shared by the memory-efficient backward passes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._loop import Problem
+from .._solution import SolveStats
+
+
+@dataclass(frozen=True)
+class Context:
+    """Non-tensor configuration handed to a custom autograd Function (one object, no Nones)."""
+
+    problem: Problem
+    method: Any
+    stats: SolveStats
+
+
+def refuse_double_backward(name: str) -> None:
+    """Raise if the backward pass is asked to build a graph (``create_graph=True``)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"gradient={name!r} does not support double backward (create_graph=True / "
+            "higher-order gradients); use gradient='direct' for higher-order derivatives"
+        )
+
+
+def vjp(
+    output: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    cotangent: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Vector–Jacobian product; inputs that ``output`` does not depend on get zeros."""
+    if not output.requires_grad:
+        return tuple(torch.zeros_like(x) for x in inputs)
+    grads = torch.autograd.grad(output, inputs, cotangent, allow_unused=True)
+    return tuple(
+        torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)
+    )
+
+
+def add_into(acc: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+    """``acc[i] += grads[i]`` in place."""
+    for a, g in zip(acc, grads, strict=True):
+        a.add_(g)
+
+
+@contextlib.contextmanager
+def preserve_buffers(func: Any) -> Iterator[None]:
+    """Restore the buffers of ``func`` (an ``nn.Module``) after recomputation.
+
+    The forward pass already updated stateful layers (BatchNorm running statistics) exactly as
+    direct backpropagation would; re-evaluating ``func`` in a backward pass must not update them
+    a second time.
+    """
+    module = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
+    if not isinstance(module, nn.Module):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+
+
+def output_cotangents(grad_out: torch.Tensor, out_steps: list[int]) -> dict[int, torch.Tensor]:
+    """Sum the incoming cotangents of the outputs by the accepted step they end (``-1``: t0)."""
+    by_step: dict[int, torch.Tensor] = {}
+    for k, i in enumerate(out_steps):
+        g = grad_out[k]
+        by_step[i] = g if i not in by_step else by_step[i] + g
+    return by_step
