@@ -171,6 +171,7 @@ def _adaptive(problem, y, state, on_step):
     controller = Controller(o, solver.error_order)
     n_attempts = 0
     n_nonfinite = 0
+    last_reject_nonfinite = False
     j = 0  # next landing point
     while k < len(t_out):
         target = stops[j]
@@ -178,12 +179,22 @@ def _adaptive(problem, y, state, on_step):
         land = t + h >= target
         t1 = target if land else t + h
         h_used = t1 - t
-        if t1 <= t or (h_used < o.min_step and not land):
+        # Below 10 ulps of t a step no longer advances the solution meaningfully (as in scipy).
+        if t1 <= t or (not land and h_used < max(o.min_step, 10 * math.ulp(t))):
+            if last_reject_nonfinite:
+                raise SolverError(
+                    f"non-finite values (NaN/Inf) appeared in the state just after "
+                    f"t={problem.user_time(t):.6g}; the step size underflowed (h={h_used:.3g}) "
+                    "trying to avoid them: check func for overflow or invalid operations there",
+                    problem.user_time(t),
+                    n_attempts,
+                )
             raise SolverError(
                 f"step size underflow: h={h_used:.3g} at t={problem.user_time(t):.6g} (target "
                 f"{problem.user_time(t_end):.6g}) is below min_step={o.min_step:.3g} or float64 "
-                f"resolution after {n_attempts} steps; the problem may be stiff or func may be "
-                "discontinuous: loosen rtol/atol, use a fixed step_size, or lower options['min_step']",
+                f"resolution after {n_attempts} steps; the problem may be stiff, func may be "
+                "discontinuous, or the solution may blow up: loosen rtol/atol, use a fixed "
+                "step_size, or lower options['min_step']",
                 problem.user_time(t),
                 n_attempts,
             )
@@ -202,6 +213,7 @@ def _adaptive(problem, y, state, on_step):
             err = tol.error_ratio(result.error, y, result.y1)
         if not math.isfinite(err):
             n_nonfinite += 1
+            last_reject_nonfinite = True
             record.n_rejected += 1
             if n_nonfinite > 30:
                 raise SolverError(
@@ -217,6 +229,7 @@ def _adaptive(problem, y, state, on_step):
         accepted = err <= 1.0
         factor = controller.factor(err, accepted)
         if not accepted:
+            last_reject_nonfinite = False
             record.n_rejected += 1
             h = h_used * factor
             continue
