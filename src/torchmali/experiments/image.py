@@ -1,0 +1,132 @@
+"""``torchmali train image``: ODE-ResNet classification of digits (default) or CIFAR-10."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchmali.experiments import data
+from torchmali.experiments._train_common import Task
+from torchmali.experiments.distributed import DistEnv
+from torchmali.nn import ODEResNet
+
+__all__ = ["DEFAULTS", "QUICK", "ImageTask", "add_arguments"]
+
+DEFAULTS = {
+    "epochs": 15,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "method": "alf",
+    "step_size": 0.25,
+    "rtol": 1e-3,
+    "atol": 1e-4,
+    "width": 32,
+}
+QUICK = {
+    "epochs": 3,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "method": "alf",
+    "step_size": 0.5,
+    "rtol": 1e-2,
+    "atol": 1e-3,
+    "width": 8,
+    "limit": 600,
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The image task's own options."""
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="CIFAR-10 directory (python pickle batches); default: sklearn digits",
+    )
+    p.add_argument(
+        "--model",
+        choices=("auto", "small", "resnet18"),
+        default="auto",
+        help="ODE-ResNet preset (auto: small for digits, resnet18 for CIFAR-10)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="channels of the first stage (default 32 small / 64 resnet18; quick 8)",
+    )
+    p.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR-10 only)")
+
+
+class ImageTask(Task):
+    """Image classification with :class:`torchmali.nn.ODEResNet`; metric: test accuracy."""
+
+    name = "image"
+    metric = "test_accuracy"
+    higher_is_better = True
+
+    def __init__(self, args: argparse.Namespace, env: DistEnv) -> None:
+        super().__init__(args, env)
+        if args.data is None:
+            xtr, ytr, xte, yte = data.load_digits_split()
+            self.dataset = "digits"
+        else:
+            xtr, ytr, xte, yte = data.load_cifar10(args.data)
+            self.dataset = "cifar10"
+        if args.limit:
+            xtr, ytr = xtr[: args.limit], ytr[: args.limit]
+            xte, yte = xte[: max(args.limit // 4, 1)], yte[: max(args.limit // 4, 1)]
+        dev = env.device
+        self.xtr, self.ytr, self.xte, self.yte = xtr.to(dev), ytr.to(dev), xte.to(dev), yte.to(dev)
+
+    def build(self) -> nn.Module:
+        a = self.args
+        options = {"step_size": a.step_size} if a.step_size else {}
+        if a.eta is not None:
+            options["eta"] = a.eta
+        ode = {
+            "method": a.method,
+            "gradient": a.gradient,
+            "rtol": a.rtol,
+            "atol": a.atol,
+            "options": options or None,
+        }
+        preset = (
+            a.model if a.model != "auto" else ("small" if self.dataset == "digits" else "resnet18")
+        )
+        in_ch = self.xtr.shape[1]
+        if preset == "small":
+            return ODEResNet.small(10, in_ch, width=a.width or 32, **ode)
+        return ODEResNet.resnet18(10, in_ch, width=a.width or 64, **ode)
+
+    def num_train(self) -> int:
+        return len(self.xtr)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+        i, j = (int(v) for v in torch.randint(0, 9, (2,)))
+        return padded[:, :, i : i + x.shape[2], j : j + x.shape[3]]
+
+    def batch_loss(self, model: nn.Module, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        x, y = self.xtr[idx], self.ytr[idx]
+        if self.args.augment and self.dataset == "cifar10":
+            x = self._augment(x)
+        return F.cross_entropy(model(x), y)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        correct, loss = 0, 0.0
+        for xb, yb in zip(self.xte.split(500), self.yte.split(500), strict=True):
+            logits = model(xb)
+            loss += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+        n = len(self.yte)
+        return {"test_accuracy": correct / n, "test_loss": loss / n}
+
+    def plot(self, model: nn.Module, out: Path) -> list[str]:
+        return []
