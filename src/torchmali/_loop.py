@@ -38,6 +38,14 @@ class Problem:
     def user_time(self, s: float) -> float:
         return self.f.sign * s
 
+    def init(self, y0: torch.Tensor) -> Any:
+        """The solver's auxiliary state at ``t_out[0]``."""
+        return self.solver.init(self.f, self.t_out[0], y0)
+
+    def step(self, t0: float, h: float, y: torch.Tensor, state: Any) -> StepResult:
+        """One solver step; every gradient method steps (and re-steps) through here."""
+        return self.solver.step(self.f, t0, h, y, state)
+
     @property
     def step_t(self) -> list[float]:
         """``options.step_t`` in the normalised (increasing) time."""
@@ -99,7 +107,7 @@ def integrate(
 
 
 def _fixed(problem, y, state, on_step):
-    solver, t_out = problem.solver, problem.t_out
+    t_out = problem.t_out
     grid = fixed_grid(t_out, problem.options.step_size, problem.step_t)
     if len(grid) - 1 > problem.options.max_num_steps:
         raise SolverError(
@@ -120,7 +128,7 @@ def _fixed(problem, y, state, on_step):
         t0, t1 = grid[i], grid[i + 1]
         if on_step is not None:
             on_step(i, y, state)
-        result = solver.step(problem.f, t0, t1 - t0, y, state)
+        result = problem.step(t0, t1 - t0, y, state)
         if not bool(torch.isfinite(result.y1).all()):
             raise SolverError(
                 f"non-finite values (NaN/Inf) appeared in the state between t={problem.user_time(t0):.6g} "
@@ -208,7 +216,7 @@ def _adaptive(problem, y, state, on_step):
                 problem.user_time(t),
                 n_attempts,
             )
-        result = solver.step(f, t, h_used, y, state)
+        result = problem.step(t, h_used, y, state)
         with torch.no_grad():
             err = tol.error_ratio(result.error, y, result.y1)
         if not math.isfinite(err):

@@ -111,7 +111,7 @@ def solve(
     solver = _make_solver(method, opts)
     grad = resolve(gradient)
     grad.check(solver, opts.step_size is not None)
-    f = RHS(func, structure, sign)
+    f = RHS(func, structure, sign, seed=_rng_seed(func))
     tol = _tolerance(structure, rtol, atol, opts)
     problem = Problem(f=f, solver=solver, options=opts, tol=tol, t_out=[sign * v for v in t_list])
     param_tuple = _params(func, params, grad)
@@ -219,6 +219,31 @@ def _params(func, params, grad: GradientMethod) -> tuple[torch.Tensor, ...]:
                 "pass them as params=[...] (or make func an nn.Module)"
             )
     return ()
+
+
+def _rng_seed(func) -> int | None:
+    """A per-solve seed when ``func`` holds dropout layers in training mode, else ``None``.
+
+    With a seed, every evaluation of ``func`` draws the same random numbers (one dropout mask per
+    solve), so recomputation in a backward pass (checkpoint, binomial, mali) sees the masks of
+    the forward pass. One number is drawn from the global RNG per solve.
+    """
+    module = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
+    if not isinstance(module, nn.Module):
+        return None
+    if not any(isinstance(m, _DROPOUT) and m.training and m.p > 0 for m in module.modules()):
+        return None
+    return int(torch.randint(0, 2**62, ()).item())
+
+
+_DROPOUT = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 def _captured_trainables(func) -> int:

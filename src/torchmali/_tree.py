@@ -90,15 +90,25 @@ class RHS:
     ``sign = -1`` integrates in reversed time ``s = -t`` (``dy/ds = -func(-s, y)``), so solvers
     always step forward. The output's shape, dtype and structure are checked on every call: the
     check is a few tuple comparisons, and a mismatch is always a user error worth naming.
+
+    Random layers (dropout): when ``seed`` is given, every evaluation runs under a forked RNG
+    seeded with it, so a dropout layer draws one mask per solve. The right-hand side is then one
+    deterministic function during the whole solve — adaptive step control can converge, and a
+    backward pass that recomputes any step (checkpoint, binomial, mali) sees exactly the masks
+    the forward pass saw, with no RNG state stored per step. The global RNG stream is left
+    untouched by the evaluations.
     """
 
-    def __init__(self, func: Callable, structure: Structure, sign: float = 1.0) -> None:
+    def __init__(
+        self, func: Callable, structure: Structure, sign: float = 1.0, seed: int | None = None
+    ) -> None:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         self.func = func
         self.structure = structure
         self.sign = sign
         self.nfe = 0
+        self.seed = seed
 
     def time(self, t: float) -> torch.Tensor:
         return torch.tensor(self.sign * t, dtype=self.structure.dtype, device=self.structure.device)
@@ -106,7 +116,13 @@ class RHS:
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         st = self.structure
-        out = self.func(self.time(t), st.unflatten(y))
+        if self.seed is None:
+            out = self.func(self.time(t), st.unflatten(y))
+        else:
+            devices = [st.device] if st.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices, device_type=st.device.type):
+                torch.manual_seed(self.seed)
+                out = self.func(self.time(t), st.unflatten(y))
         out = self._check(out)
         flat = st.flatten(out)
         return -flat if self.sign < 0 else flat

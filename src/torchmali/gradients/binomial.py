@@ -129,7 +129,7 @@ class _BinomialFunction(torch.autograd.Function):
                 stored[i] = (y, s)
 
         with torch.no_grad():
-            state0 = problem.solver.init(problem.f, problem.t_out[0], y0)
+            state0 = problem.init(y0)
             outputs, _, _, record = integrate(problem, y0, state0, on_step)
         holder["record"] = record
         ctx.c, ctx.record, ctx.stored = c, record, stored
@@ -172,10 +172,10 @@ class _Reverser:
         self.recomputed = 0
 
     def advance(self, lo: int, hi: int, y, s):
-        solver, f, rec = self.problem.solver, self.problem.f, self.record
+        rec = self.record
         with torch.no_grad():
             for i in range(lo, hi):
-                r = solver.step(f, rec.ts[i], rec.h(i), y, s)
+                r = self.problem.step(rec.ts[i], rec.h(i), y, s)
                 y, s = r.y1, r.state1
         self.recomputed += hi - lo
         return y, s

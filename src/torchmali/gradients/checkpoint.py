@@ -58,7 +58,7 @@ class _CheckpointFunction(torch.autograd.Function):
         problem = c.problem
         stored: list[tuple[torch.Tensor, Any]] = []
         with torch.no_grad():
-            state0 = problem.solver.init(problem.f, problem.t_out[0], y0)
+            state0 = problem.init(y0)
             outputs, _, _, record = integrate(
                 problem, y0, state0, lambda i, y, s: stored.append((y, s))
             )
@@ -114,7 +114,7 @@ class Adjoint:
             return self.y
         with torch.enable_grad():
             y_in = y0.detach().requires_grad_(True)
-            state0 = problem.solver.init(problem.f, problem.t_out[0], y_in)
+            state0 = problem.init(y_in)
         grads = torch.autograd.grad(state0, (y_in, *params), self.state, allow_unused=True)
         add_into(
             self.params,
@@ -145,7 +145,7 @@ def step_vjp(
     with torch.enable_grad():
         y_in = y_i.detach().requires_grad_(True)
         s_in = s_i.detach().requires_grad_(True) if has_state else s_i
-        result = problem.solver.step(problem.f, record.ts[i], record.h(i), y_in, s_in)
+        result = problem.step(record.ts[i], record.h(i), y_in, s_in)
         outs = [result.y1]
         cots = [adj.y]
         if has_state and isinstance(result.state1, torch.Tensor) and adj.state is not None:

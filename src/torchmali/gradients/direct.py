@@ -36,7 +36,7 @@ class Direct(GradientMethod):
         stats: SolveStats,
     ) -> tuple[list[torch.Tensor], StepRecord]:
         with SavedTensorBytes() as saved:
-            state0 = problem.solver.init(problem.f, problem.t_out[0], y0)
+            state0 = problem.init(y0)
             outputs, _, _, record = integrate(problem, y0, state0)
         stats.memory_bytes = saved.nbytes + 8 * len(record.ts)
         return outputs, record

@@ -49,8 +49,15 @@ class Mali(GradientMethod):
     ``1/|1 - 2 eta|`` per step; undamped ALF blows up on dissipative dynamics. Use ``drift_tol``
     to be told, and ``checkpoint_every`` to bound the drift.
 
+    The same check catches ALF's instability on dissipative dynamics (``eta = 1``), where the
+    reversal stays exact but the forward solution is swamped by the parasitic mode: the final
+    velocity ``v_N`` then disagrees with ``f(t_N, z_N)``; the relative gap is reported in
+    ``SolveStats.parasitic`` and compared with ``parasitic_tol``.
+
     Args:
         drift_tol: relative drift above which to warn or raise (``None``: only report).
+        parasitic_tol: relative gap between ``v_N`` and ``f(t_N, z_N)`` above which to warn or
+            raise (``None``: only report). Healthy solves measure ``1e-6``–``1e-2``.
         on_drift: ``"warn"`` (a :class:`ReconstructionDriftWarning`) or ``"raise"`` (a
             ``RuntimeError``) when the drift exceeds ``drift_tol``.
         checkpoint_every: store ``(z, v)`` every K accepted steps and restart the reconstruction
@@ -60,6 +67,7 @@ class Mali(GradientMethod):
     name = "mali"
     aliases = ("reversible",)
     drift_tol: float | None = 1e-4
+    parasitic_tol: float | None = 0.5
     on_drift: Literal["warn", "raise"] = "warn"
     checkpoint_every: int | None = None
 
@@ -69,6 +77,12 @@ class Mali(GradientMethod):
         ):
             raise ValueError(
                 f"Mali(drift_tol=...) must be a positive number or None, got {self.drift_tol}"
+            )
+        if self.parasitic_tol is not None and not (
+            self.parasitic_tol > 0 and math.isfinite(self.parasitic_tol)
+        ):
+            raise ValueError(
+                f"Mali(parasitic_tol=...) must be a positive number or None, got {self.parasitic_tol}"
             )
         if self.on_drift not in ("warn", "raise"):
             raise ValueError(f"Mali(on_drift=...) must be 'warn' or 'raise', got {self.on_drift!r}")
@@ -102,7 +116,6 @@ class _MaliFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c: Context, holder: dict, y0: torch.Tensor, *params: torch.Tensor):
         problem, cfg = c.problem, c.method
-        f, solver = problem.f, problem.solver
         checkpoints: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def on_step(i, y, v):
@@ -110,7 +123,7 @@ class _MaliFunction(torch.autograd.Function):
                 checkpoints[i] = (y, v)
 
         with torch.no_grad():
-            v0 = solver.init(f, problem.t_out[0], y0)
+            v0 = problem.init(y0)
             outputs, zN, vN, record = integrate(problem, y0, v0, on_step)
         holder["record"] = record
         ctx.c, ctx.record, ctx.checkpoints = c, record, checkpoints
@@ -137,6 +150,8 @@ class _MaliFunction(torch.autograd.Function):
         g_params = [torch.zeros_like(p) for p in params]
         drift = 0.0
         with preserve_buffers(f.func):
+            with torch.no_grad():
+                parasitic = _relative(v, f(record.ts[-1], z))
             for i in range(record.n_steps - 1, -1, -1):
                 if i + 1 in ctx.checkpoints:
                     z_ck, v_ck = ctx.checkpoints[i + 1]
@@ -160,7 +175,7 @@ class _MaliFunction(torch.autograd.Function):
             # v0 = f(t0, z0) depends on z0 and the parameters.
             with torch.enable_grad():
                 z0_in = y0.detach().requires_grad_(True)
-                v0 = f(problem.t_out[0], z0_in)
+                v0 = problem.init(z0_in)
             z_bar, *p_bar = vjp(v0, (z0_in, *params), a_v)
         add_into(g_params, p_bar)
         grad_y0 = a_z + z_bar
@@ -168,28 +183,39 @@ class _MaliFunction(torch.autograd.Function):
             grad_y0 = grad_y0 + cot[-1]
         c.stats.nfe_backward += f.nfe - nfe_start
         c.stats.drift = drift
-        _check_drift(cfg, drift)
+        c.stats.parasitic = parasitic
+        _check_drift(cfg, drift, parasitic)
         return (None, None, grad_y0, *g_params)
 
 
-def _relative_drift(z, v, z_ref, v_ref) -> float:
-    def rel(a, b):
-        return float(torch.linalg.vector_norm(a - b) / (torch.linalg.vector_norm(b) + 1e-30))
-
-    d = max(rel(z, z_ref), rel(v, v_ref))
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    d = float(torch.linalg.vector_norm(a - b) / (torch.linalg.vector_norm(b) + 1e-30))
     return d if math.isfinite(d) else math.inf
 
 
-def _check_drift(cfg: Mali, drift: float) -> None:
-    if cfg.drift_tol is None or drift <= cfg.drift_tol:
+def _relative_drift(z, v, z_ref, v_ref) -> float:
+    return max(_relative(z, z_ref), _relative(v, v_ref))
+
+
+def _check_drift(cfg: Mali, drift: float, parasitic: float) -> None:
+    if cfg.drift_tol is not None and drift > cfg.drift_tol:
+        message = (
+            f"MALI reconstruction drift {drift:.3g} exceeds drift_tol={cfg.drift_tol:.3g}: the "
+            "reversed ALF trajectory does not match the forward one, so the gradient is "
+            "inaccurate. Damped ALF (eta<1) amplifies round-off in reverse by 1/|1-2*eta| per "
+            "step: use eta=1, a shorter horizon, Mali(checkpoint_every=K), or "
+            "gradient='checkpoint'"
+        )
+    elif cfg.parasitic_tol is not None and parasitic > cfg.parasitic_tol:
+        message = (
+            f"ALF's parasitic mode is {parasitic:.3g} times the derivative at the final time "
+            f"(parasitic_tol={cfg.parasitic_tol:.3g}): ALF with eta=1 is unstable on dissipative "
+            "dynamics, so the forward solution (and its exact gradient) is meaningless. Use a "
+            "shorter horizon, damping (options={'eta': 0.9}) on short horizons, or another "
+            "solver with gradient='checkpoint'"
+        )
+    else:
         return
-    message = (
-        f"MALI reconstruction drift {drift:.3g} exceeds drift_tol={cfg.drift_tol:.3g}: the "
-        "reversed ALF trajectory does not match the forward one, so the gradient is inaccurate. "
-        "ALF with eta=1 is unstable on dissipative dynamics and damped ALF (eta<1) amplifies "
-        "round-off in reverse: shorten the horizon, use Mali(checkpoint_every=K), or use "
-        "gradient='checkpoint'"
-    )
     if cfg.on_drift == "raise":
         raise RuntimeError(message)
     warnings.warn(message, ReconstructionDriftWarning, stacklevel=3)
