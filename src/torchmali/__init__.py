@@ -3,16 +3,20 @@
 The public API, re-exported from the private modules:
 
 * :func:`odeint`, :func:`solve` — integrate an ODE (torchdiffeq conventions);
-* gradient methods for ``gradient=``: :class:`Direct`;
+* :func:`odeint_adjoint` — torchdiffeq's adjoint entry point;
+* gradient methods for ``gradient=``: :class:`Direct`, :class:`Mali`, :class:`Checkpoint`,
+  :class:`Binomial`, :class:`Adjoint`;
 * :class:`Options`, :class:`Solution`, :class:`SolveStats`, :class:`SolverError`;
 * :mod:`torchmali.solvers` — the solvers and their registry.
 """
 
 from ._errors import SolverError
 from ._odeint import odeint, solve
+from ._odeint_adjoint import odeint_adjoint
 from ._options import Options
 from ._solution import Solution, SolveStats
 from .gradients import (
+    Adjoint,
     Binomial,
     Checkpoint,
     Direct,
@@ -26,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALF",
+    "Adjoint",
     "Binomial",
     "Checkpoint",
     "SOLVERS",
@@ -39,5 +44,6 @@ __all__ = [
     "SolverError",
     "__version__",
     "odeint",
+    "odeint_adjoint",
     "solve",
 ]

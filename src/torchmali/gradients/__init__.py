@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .adjoint import Adjoint
 from .base import REGISTRY, GradientMethod, register, resolve
 from .binomial import Binomial
 from .checkpoint import Checkpoint
@@ -10,6 +11,7 @@ from .mali import Mali, ReconstructionDriftWarning
 
 __all__ = [
     "REGISTRY",
+    "Adjoint",
     "Binomial",
     "Checkpoint",
     "Direct",

@@ -242,9 +242,6 @@ class _AugmentedRHS(RHS):
         super().__init__(f.func, Structure(False, (torch.Size([n]),), st.dtype, st.device), -f.sign)
         self.f, self.params, self.shape, self.n_z = f, params, shape, n_z
 
-    def begin(self, t0: float, tag: str = "step") -> None:
-        self.f.begin(-t0, f"adjoint_{tag}")
-
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         n_z, dtype = self.n_z, y.dtype
