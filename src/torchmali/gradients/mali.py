@@ -200,16 +200,17 @@ def _relative_drift(z, v, z_ref, v_ref) -> float:
 def _check_drift(cfg: Mali, drift: float, parasitic: float) -> None:
     if cfg.drift_tol is not None and drift > cfg.drift_tol:
         message = (
-            f"MALI reconstruction drift {drift:.3g} exceeds drift_tol={cfg.drift_tol:.3g}: the "
-            "reversed ALF trajectory does not match the forward one, so the gradient is "
+            f"MALI reconstruction drift exceeds drift_tol={cfg.drift_tol:.3g} (measured value in "
+            "SolveStats.drift): the reversed ALF trajectory does not match the forward one, so the gradient is "
             "inaccurate. Damped ALF (eta<1) amplifies round-off in reverse by 1/|1-2*eta| per "
             "step: use eta=1, a shorter horizon, Mali(checkpoint_every=K), or "
             "gradient='checkpoint'"
         )
     elif cfg.parasitic_tol is not None and parasitic > cfg.parasitic_tol:
         message = (
-            f"ALF's parasitic mode is {parasitic:.3g} times the derivative at the final time "
-            f"(parasitic_tol={cfg.parasitic_tol:.3g}): ALF with eta=1 is unstable on dissipative "
+            "ALF's parasitic mode at the final time exceeds parasitic_tol="
+            f"{cfg.parasitic_tol:.3g} times the derivative (measured value in "
+            "SolveStats.parasitic): ALF with eta=1 is unstable on dissipative "
             "dynamics, so the forward solution (and its exact gradient) is meaningless. Use a "
             "shorter horizon, damping (options={'eta': 0.9}) on short horizons, or another "
             "solver with gradient='checkpoint'"
