@@ -7,11 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchmali import odeint, solve
-from torchmali._odeint_adjoint import odeint_adjoint
+from torchmali import SOLVERS, Adjoint, odeint, odeint_adjoint, solve
 from torchmali.gradients import resolve
-from torchmali.gradients.adjoint import Adjoint
-from torchmali.solvers import SOLVERS
 
 DT = torch.float64
 
