@@ -112,13 +112,13 @@ def initial_step(
     """Hairer, Nørsett & Wanner's initial step (one extra evaluation beyond ``f0``)."""
     with torch.no_grad():
         scale = tol.scale(y0)
-        d0 = float(rms_norm(y0 / scale))
-        d1 = float(rms_norm(f0 / scale))
+        d0 = float(tol.norm(y0 / scale))
+        d1 = float(tol.norm(f0 / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         h0 = min(h0, t_span)
         y1 = torch.add(y0, f0, alpha=h0)
         f1 = f(t0 + h0, y1)
-        d2 = float(rms_norm((f1 - f0) / scale)) / h0
+        d2 = float(tol.norm((f1 - f0) / scale)) / h0
         if max(d1, d2) <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
