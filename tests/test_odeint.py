@@ -145,8 +145,18 @@ def test_custom_norm_receives_structure_and_controls_steps(f64):
     )
     assert seen and all(isinstance(e, tuple) and len(e) == 2 for e in seen)
     assert seen[0][0].shape == (2,)
-    assert custom.stats.n_accepted + custom.stats.n_rejected == len(seen)
     assert custom.stats.n_accepted > default.stats.n_accepted  # max >= rms: stricter
+    # One call per attempted step (with first_step there is no initial-step selection).
+    seen.clear()
+    fixed_start = torchmali.solve(
+        _decoupled,
+        (a0, 2 * a0),
+        t,
+        rtol=1e-6,
+        atol=1e-6,
+        options={"norm": max_norm, "first_step": 0.01},
+    )
+    assert fixed_start.stats.n_accepted + fixed_start.stats.n_rejected == len(seen)
 
 
 def test_pid_controller_changes_steps_not_accuracy(f64):
