@@ -302,3 +302,65 @@ def test_stats_as_dict(linear):
 def test_rms_norm():
     x = torch.tensor([3.0, 4.0], dtype=torch.float64)
     assert float(rms_norm(x)) == pytest.approx((12.5) ** 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop alone, with a stub solver whose error estimates are scripted.
+
+
+class _ScriptedSolver(torchmali.solvers.Solver):
+    """Euler step whose error estimate (scaled, with rtol = 0, atol = 1) is read from a script."""
+
+    name = "scripted"
+    order = 1
+    error_order = 1
+    adaptive = True
+    script: list[float] = []
+
+    def step(self, f, t0, h, y0, state):
+        e = self.script.pop(0) if self.script else 0.9
+        y1 = y0 + h * f(t0, y0)
+        return torchmali.solvers.StepResult(y1=y1, error=torch.full_like(y0, e), state1=None)
+
+
+def test_loop_with_scripted_errors(monkeypatch, f64):
+    monkeypatch.setitem(torchmali.SOLVERS, "scripted", _ScriptedSolver)
+    monkeypatch.setattr(_ScriptedSolver, "script", [2.0, 0.5, float("nan"), 0.0])
+    sol = torchmali.solve(
+        lambda t, y: -y,
+        torch.ones(3, dtype=f64),
+        [0.0, 1.0],
+        rtol=0.0,
+        atol=1.0,
+        method="scripted",
+        options={"first_step": 0.1},
+    )
+    ts = sol.ts.tolist()
+    # 0.1 rejected (err 2: factor 0.9/2 = 0.45) -> 0.045 accepted (err 0.5; no growth right after
+    # a rejection) -> 0.045 NaN, rejected (shrink by dfactor 0.2) -> 0.009 accepted (err 0:
+    # grow by ifactor 10) -> 0.09, then err 0.9 (accepted, factor 1) until the last step lands on 1.
+    assert ts[:4] == pytest.approx([0.0, 0.045, 0.054, 0.144], abs=1e-15)
+    assert sol.stats.n_rejected == 2
+    assert sol.stats.n_accepted == len(ts) - 1 == 13
+    steps = torch.diff(sol.ts)[2:-1]
+    assert torch.allclose(steps, torch.full_like(steps, 0.09), rtol=1e-12)
+    assert ts[-1] == 1.0
+    assert sol.stats.nfe_forward == sol.stats.n_accepted + sol.stats.n_rejected
+
+
+def test_underflow_long_after_a_nan_is_not_blamed_on_it(monkeypatch, f64):
+    """A NaN early on, then errors that shrink the step forever: plain step-size underflow."""
+    monkeypatch.setitem(torchmali.SOLVERS, "scripted", _ScriptedSolver)
+    monkeypatch.setattr(_ScriptedSolver, "script", [float("nan")] + [1.0] * 1000)
+    with pytest.raises(torchmali.SolverError, match="step size underflow") as info:
+        torchmali.odeint(
+            lambda t, y: -y,
+            torch.ones(3, dtype=f64),
+            [0.0, 1.0],
+            rtol=0.0,
+            atol=1.0,
+            method="scripted",
+            options={"first_step": 0.1},
+        )
+    # Steps 0.02 * 0.9^k sum to 0.2: the solve stalls just before t = 0.2.
+    assert info.value.t == pytest.approx(0.2, abs=1e-12)

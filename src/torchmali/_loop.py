@@ -179,7 +179,7 @@ def _adaptive(problem, y, state, on_step):
     controller = Controller(o, solver.error_order)
     n_attempts = 0
     n_nonfinite = 0
-    last_reject_nonfinite = False
+    last_nonfinite = -1  # the attempt that last produced NaN/Inf (-1: none yet)
     j = 0  # next landing point
     while k < len(t_out):
         target = stops[j]
@@ -189,11 +189,11 @@ def _adaptive(problem, y, state, on_step):
         h_used = t1 - t
         # Below 10 ulps of t a step no longer advances the solution meaningfully (as in scipy).
         if t1 <= t or (not land and h_used < max(o.min_step, 10 * math.ulp(t))):
-            if last_reject_nonfinite:
+            if last_nonfinite >= 0 and n_attempts - last_nonfinite <= 10:
                 raise SolverError(
                     f"non-finite values (NaN/Inf) appeared in the state just after "
                     f"t={problem.user_time(t):.6g}; the step size underflowed (h={h_used:.3g}) "
-                    "trying to avoid them: check func for overflow or invalid operations there",
+                    "trying to avoid them within the last 10 steps: check func for overflow or invalid operations there",
                     problem.user_time(t),
                     n_attempts,
                 )
@@ -221,7 +221,7 @@ def _adaptive(problem, y, state, on_step):
             err = tol.error_ratio(result.error, y, result.y1)
         if not math.isfinite(err):
             n_nonfinite += 1
-            last_reject_nonfinite = True
+            last_nonfinite = n_attempts
             record.n_rejected += 1
             if n_nonfinite > 30:
                 raise SolverError(
@@ -237,7 +237,6 @@ def _adaptive(problem, y, state, on_step):
         accepted = err <= 1.0
         factor = controller.factor(err, accepted)
         if not accepted:
-            last_reject_nonfinite = False
             record.n_rejected += 1
             h = h_used * factor
             continue
