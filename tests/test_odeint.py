@@ -325,7 +325,7 @@ class _ScriptedSolver(torchmali.solvers.Solver):
 
 def test_loop_with_scripted_errors(monkeypatch, f64):
     monkeypatch.setitem(torchmali.SOLVERS, "scripted", _ScriptedSolver)
-    monkeypatch.setattr(_ScriptedSolver, "script", [2.0, 0.5, float("nan"), 0.0])
+    monkeypatch.setattr(_ScriptedSolver, "script", [2.0, 0.5, float("nan"), 0.0, 0.0])
     sol = torchmali.solve(
         lambda t, y: -y,
         torch.ones(3, dtype=f64),
@@ -337,12 +337,13 @@ def test_loop_with_scripted_errors(monkeypatch, f64):
     )
     ts = sol.ts.tolist()
     # 0.1 rejected (err 2: factor 0.9/2 = 0.45) -> 0.045 accepted (err 0.5; no growth right after
-    # a rejection) -> 0.045 NaN, rejected (shrink by dfactor 0.2) -> 0.009 accepted (err 0:
-    # grow by ifactor 10) -> 0.09, then err 0.9 (accepted, factor 1) until the last step lands on 1.
-    assert ts[:4] == pytest.approx([0.0, 0.045, 0.054, 0.144], abs=1e-15)
+    # a rejection) -> 0.045 NaN, rejected (shrink by dfactor 0.2) -> 0.009 accepted (err 0, but
+    # no growth right after a rejection) -> 0.009 accepted (err 0: grow by ifactor 10) -> 0.09,
+    # then err 0.9 (accepted, factor 1) until the last step lands on 1.
+    assert ts[:5] == pytest.approx([0.0, 0.045, 0.054, 0.063, 0.153], abs=1e-15)
     assert sol.stats.n_rejected == 2
-    assert sol.stats.n_accepted == len(ts) - 1 == 13
-    steps = torch.diff(sol.ts)[2:-1]
+    assert sol.stats.n_accepted == len(ts) - 1 == 14
+    steps = torch.diff(sol.ts)[3:-1]
     assert torch.allclose(steps, torch.full_like(steps, 0.09), rtol=1e-12)
     assert ts[-1] == 1.0
     assert sol.stats.nfe_forward == sol.stats.n_accepted + sol.stats.n_rejected

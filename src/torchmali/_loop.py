@@ -231,7 +231,7 @@ def _adaptive(problem, y, state, on_step):
                     problem.user_time(t),
                     n_attempts,
                 )
-            h = h_used * o.dfactor
+            h = h_used * controller.reject_nonfinite()
             continue
         n_nonfinite = 0
         accepted = err <= 1.0

@@ -82,8 +82,6 @@ class Controller:
 
     def factor(self, err: float, accepted: bool) -> float:
         o = self.o
-        if err == 0.0:
-            return o.ifactor
         e1, e2, e3 = self.exponents
         prev1, prev2 = self.history
         if not accepted:
@@ -91,13 +89,21 @@ class Controller:
             f = o.safety * err ** (-(e1 + e2 + e3))
             self.after_reject = True
             return min(1.0, max(o.dfactor, f))
-        f = o.safety * err ** (-e1) * prev1 ** (-e2) * prev2 ** (-e3)
-        self.history = [err, prev1]
-        f = min(o.ifactor, max(o.dfactor, f))
+        if err == 0.0:
+            f = o.ifactor
+        else:
+            f = o.safety * err ** (-e1) * prev1 ** (-e2) * prev2 ** (-e3)
+            self.history = [err, prev1]
+            f = min(o.ifactor, max(o.dfactor, f))
         if self.after_reject:
             f = min(f, 1.0)
             self.after_reject = False
         return f
+
+    def reject_nonfinite(self) -> float:
+        """A trial step produced NaN/Inf: shrink by ``dfactor``; the next step may not grow."""
+        self.after_reject = True
+        return self.o.dfactor
 
 
 def initial_step(
