@@ -23,7 +23,7 @@ from torchmali.nn import CNF
 __all__ = ["DEFAULTS", "QUICK", "DensityTask", "add_arguments"]
 
 DEFAULTS = {
-    "epochs": 30,
+    "epochs": 60,
     "batch_size": 500,
     "lr": 5e-3,
     "method": "alf",

@@ -31,7 +31,7 @@ QUICK = {
     "batch_size": 64,
     "lr": 3e-3,
     "method": "alf",
-    "step_size": 0.5,
+    "step_size": 0.25,
     "rtol": 1e-2,
     "atol": 1e-3,
     "width": 8,

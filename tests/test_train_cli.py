@@ -1,0 +1,170 @@
+"""``torchmali train``: quick runs of every task, resume after SIGKILL, two-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_train_data import write_tiny_cifar
+from torchmali.cli import main
+
+PLOTS = {"image": [], "timeseries": ["reconstructions.png"], "density": ["density.png"]}
+# A tiny image run used by the subprocess tests (about a second of compute per epoch).
+IMAGE = [
+    "image",
+    "--quick",
+    "--limit",
+    "256",
+    "--epochs",
+    "4",
+    "--gradient",
+    "mali",
+    "--threads",
+    "1",
+    "--quiet",
+    "--no-plots",
+    "--device",
+    "cpu",
+]
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torchmali", "train", *args]
+
+
+@pytest.mark.parametrize(
+    ("task", "extra"),
+    [
+        ("image", ["--limit", "300", "--epochs", "3"]),
+        ("timeseries", ["--limit", "100", "--epochs", "3", "--lr", "0.02"]),
+        ("density", ["--limit", "1000", "--epochs", "3"]),
+    ],
+)
+def test_quick_run_learns_and_writes_files(task: str, extra: list[str], tmp_path: Path) -> None:
+    rc = main(
+        [
+            "train",
+            task,
+            "--quick",
+            "--gradient",
+            "mali",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+            *extra,
+        ]
+    )
+    assert rc == 0
+    m = metrics(tmp_path)
+    assert m["complete"] and m["task"] == task and len(m["epochs"]) == 3
+    for name in ["checkpoint.pt", "learning_curves.png", *PLOTS[task]]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    first, last = m["epochs"][0], m["epochs"][-1]
+    assert last["train_loss"] < first["train_loss"]
+    key = m["metric"]
+    better = last[key] > first[key] if key == "test_accuracy" else last[key] < first[key]
+    assert better, (key, first[key], last[key])
+    final = m["final"]
+    for field in ("time_per_epoch_s", "peak_memory_mb", "nfe_forward_per_batch"):
+        assert final[field] > 0, field
+    assert final["nfe_backward_per_batch"] > 0  # MALI's reverse sweep was counted
+
+
+def test_cifar10_directory(tmp_path: Path) -> None:
+    root = write_tiny_cifar(tmp_path / "cifar", n=8)
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "image",
+            "--data",
+            str(root),
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--gradient",
+            "checkpoint",
+            "--step-size",
+            "0.5",
+            "--batch-size",
+            "20",
+            "--augment",
+            "--quiet",
+            "--no-plots",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0 and metrics(out)["final"]["epochs"] == 1
+    with pytest.raises(ValueError, match="does not exist"):
+        main(["train", "image", "--data", str(tmp_path / "missing"), "--out", str(out)])
+
+
+def test_bad_options_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--method alf"):
+        main(["train", "density", "--gradient", "mali", "--method", "rk4", "--out", str(tmp_path)])
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    reference = subprocess.Popen(cli(*IMAGE, "--out", str(ref)), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli(*IMAGE, "--out", str(killed)), stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    interrupted = metrics(killed)
+    assert not interrupted["complete"] and len(interrupted["epochs"]) < 4
+    subprocess.run(
+        cli(*IMAGE, "--out", str(killed), "--resume"), check=True, stdout=subprocess.DEVNULL
+    )
+    assert reference.wait() == 0
+    a, b = metrics(ref), metrics(killed)
+    assert b["complete"] and len(b["epochs"]) == 4
+    for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
+        for key in ("train_loss", "test_accuracy", "test_loss"):
+            assert ea[key] == eb[key], (ea["epoch"], key, ea[key], eb[key])
+
+
+def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(cli(*IMAGE, "--out", str(one)), check=True, stdout=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "torchmali",
+        "train",
+        *IMAGE,
+        "--out",
+        str(two),
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a, b = metrics(one), metrics(two)
+    assert b["world_size"] == 2 and b["complete"]
+    assert b["final"]["nfe_backward_per_batch"] > 0
+    for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
+        # The same global batches and all-reduced (averaged) gradients: equal to the
+        # single-process run up to float32 round-off, which training amplifies a little.
+        assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=2e-3)
+        assert eb["test_loss"] == pytest.approx(ea["test_loss"], rel=2e-3)

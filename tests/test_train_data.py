@@ -1,0 +1,88 @@
+"""Data of the experiments: CIFAR-10 batch files, toys, series, digits."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchmali.experiments import data
+
+
+def write_tiny_cifar(root: Path, n: int = 6, seed: int = 0) -> Path:
+    """A CIFAR-10 directory in the python-pickle batch format with ``n`` images per batch."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"batch_label": name.encode(),
+        }
+        with (root / name).open("wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+def test_cifar10_tiny_files(tmp_path: Path) -> None:
+    root = write_tiny_cifar(tmp_path / "cifar-10-batches-py")
+    for where in (root, tmp_path):  # the folder itself or its parent
+        xtr, ytr, xte, yte = data.load_cifar10(where)
+        assert xtr.shape == (30, 3, 32, 32) and xte.shape == (6, 3, 32, 32)
+        assert ytr.dtype == torch.int64 and int(ytr.max()) <= 9
+
+
+def test_cifar10_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        data.load_cifar10(tmp_path / "nowhere")
+    root = write_tiny_cifar(tmp_path / "c")
+    (root / "test_batch").unlink()
+    with pytest.raises(ValueError, match="lacks the CIFAR-10 batch files"):
+        data.load_cifar10(root)
+    (root / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+        data.load_cifar10(root)
+    with (root / "test_batch").open("wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match="3072"):
+        data.load_cifar10(root)
+
+
+def test_digits_split_is_fixed() -> None:
+    a = data.load_digits_split()
+    b = data.load_digits_split()
+    assert a[0].shape == (1437, 1, 8, 8) and a[2].shape == (360, 1, 8, 8)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
+    tr, te = data.digits_density()
+    assert tr.shape == (1437, 64) and te.shape == (360, 64) and tr.max() == 16
+
+
+def test_dequantize_logdet_matches_autograd() -> None:
+    x = torch.tensor([[0.0, 16.0, 7.0]], dtype=torch.float64)
+    u = torch.full_like(x, 0.3, requires_grad=True)
+    y, logdet = data.dequantize_logit(x, u)
+    jac = torch.autograd.grad(y.sum(), u)[0] * data.DIGITS_LEVELS  # dy/d((x+u)/17)
+    torch.testing.assert_close(logdet, jac.log().sum(1))
+
+
+@pytest.mark.parametrize("name", data.TOYS)
+def test_toys(name: str) -> None:
+    x = data.sample_toy(name, 501, np.random.default_rng(0))
+    assert x.shape == (501, 2) and np.isfinite(x).all() and np.abs(x).max() < 6
+    with pytest.raises(ValueError, match="unknown toy"):
+        data.sample_toy("swissroll", 3, np.random.default_rng(0))
+
+
+def test_series_and_masks() -> None:
+    t, x = data.spirals(10, steps=20, seed=1)
+    assert t.shape == (20,) and x.shape == (10, 20, 2)
+    ts = data.TimeSeries(t, x, obs_frac=0.5, seed=0)
+    total = ts.obs_mask + ts.interp_mask + ts.extrap_mask
+    assert torch.equal(total, torch.ones_like(total))  # a partition of the grid
+    assert (ts.obs_mask[:, 0] == 1).all() and ts.extrap_mask[:, :10].sum() == 0
+    t, xtr, xte = data.membrane_windows()
+    assert xtr.shape[1:] == (60, 1) and xte.shape[1:] == (60, 1) and len(xtr) > 3 * len(xte) > 0
+    assert abs(float(torch.cat([xtr, xte]).mean())) < 0.5
