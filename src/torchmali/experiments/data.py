@@ -165,7 +165,7 @@ def spirals(
 
 
 def membrane_windows(
-    steps: int = 60, stride: int = 5, hop: int = 40, split: float = 0.75
+    steps: int = 60, stride: int = 5, hop: int = 4, split: float = 0.75
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windows of a real neuron membrane-potential recording that ships with matplotlib.
 
