@@ -14,6 +14,10 @@ import torch
 
 import torchmali
 
+# pytest-xdist runs one worker per core: a second intra-op thread per worker only contends (on a
+# loaded 2-core machine, OpenMP spin-waiting made small solves 70x slower).
+torch.set_num_threads(1)
+
 ADAPTIVE = sorted(name for name, cls in torchmali.SOLVERS.items() if cls.adaptive)
 FIXED_ONLY = sorted(name for name, cls in torchmali.SOLVERS.items() if not cls.adaptive)
 ALL_SOLVERS = sorted(torchmali.SOLVERS)
