@@ -1,0 +1,257 @@
+"""``torchmali bench``: memory, time, evaluations and gradient error of every gradient method.
+
+For each workload (an MLP and a convolutional Neural ODE; loss on the final state or on several
+output times), each gradient method (``direct``, ``adjoint``, ``checkpoint``, ``binomial``, ``mali``)
+and each installed peer (torchdiffeq, TorchDiffEqPack), over a sweep of fixed-grid step counts and
+adaptive tolerances, one configuration per fresh process (see
+:mod:`torchmali.experiments.bench.measure`), it writes ``results.json``, ``results.csv``, plots,
+``summary.md`` and ``meta.json`` to ``--out``, and prints the summary.
+
+Example::
+
+    torchmali bench --quick
+    torchmali bench --workloads mlp --steps 10,100 --gradients direct,mali --libraries torchmali
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .plan import DTYPES, GRADIENTS, LIBRARIES, SUITES, Case, parse_floats, parse_ints, parse_names
+from .plots import PLOT_FILES, plot
+from .report import (
+    make_record,
+    ratios,
+    summary_tables,
+    targets,
+    targets_table,
+    write_results,
+)
+from .runners import support
+from .workloads import WORKLOADS
+
+__all__ = ["add_parser", "build_plan", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``bench`` subcommand on the ``torchmali`` command's subparsers."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark the gradient methods against each other and the peers",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="a smaller sweep (under a minute on CPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: results/bench-<timestamp>)",
+    )
+    p.add_argument("--workloads", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
+    p.add_argument("--gradients", help=f"comma-separated, of: {', '.join(GRADIENTS)}")
+    p.add_argument("--libraries", help=f"comma-separated, of: {', '.join(LIBRARIES)}")
+    p.add_argument("--steps", help="fixed-grid step counts, e.g. 10,100,1000")
+    p.add_argument("--rtols", help="adaptive tolerances (rtol = atol) for every adaptive solver")
+    p.add_argument("--no-adaptive", action="store_true", help="skip the adaptive runs")
+    p.add_argument("--dtypes", help="comma-separated, of: float32, float64")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repetitions per configuration (median reported; default 3, quick 2)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the workloads (default 0)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per configuration (default 1; 0 = torch's default)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds before one configuration is abandoned (default 300)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.set_defaults(func=run)
+    return p
+
+
+def _available_gradients() -> frozenset[str]:
+    try:
+        from torchmali.gradients import resolve
+    except ImportError:
+        return frozenset()
+    known = set()
+    for name in GRADIENTS:
+        try:
+            resolve(name)
+            known.add(name)
+        except (ValueError, TypeError):
+            pass
+    return frozenset(known)
+
+
+def build_plan(args: argparse.Namespace) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """Expand the suite selected by ``args`` into the cases to run and the ones to skip.
+
+    Returns:
+        ``(to_run, skipped)`` where ``skipped`` pairs each skipped case with the reason.
+
+    Raises:
+        ValueError: on an invalid option value (the message names the valid ones).
+    """
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {repeats}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
+    pick = {  # Case field -> the values kept (None keeps all)
+        "workload": args.workloads and parse_names(args.workloads, tuple(WORKLOADS), "workloads"),
+        "gradient": args.gradients and parse_names(args.gradients, GRADIENTS, "gradients"),
+        "library": args.libraries and parse_names(args.libraries, LIBRARIES, "libraries"),
+        "dtype": args.dtypes and parse_names(args.dtypes, DTYPES, "dtypes"),
+    }
+    steps = args.steps and parse_ints(args.steps, "--steps")
+    rtols = args.rtols and parse_floats(args.rtols, "--rtols")
+    known = _available_gradients()
+    to_run, skipped, seen = [], [], set()
+    for section in SUITES["quick" if args.quick else "default"]:
+        if section.steps and steps:
+            section = dataclasses.replace(section, steps=steps)
+        if section.rtols and (rtols or args.no_adaptive):
+            section = dataclasses.replace(section, rtols=() if args.no_adaptive else rtols)
+        for case in section.cases(
+            device=args.device, repeats=repeats, seed=args.seed, threads=args.threads
+        ):
+            if case in seen or any(v and getattr(case, k) not in v for k, v in pick.items()):
+                continue
+            seen.add(case)
+            included, note = support(case, known)
+            if not included:
+                continue
+            if note is None:
+                to_run.append(case)
+            else:
+                skipped.append((case, note))
+    return to_run, skipped
+
+
+def _meta(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    import torch
+
+    versions = {}
+    for dist in ("torchmali", "torch", "torchdiffeq", "torchdiffeqpack"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    device = args.device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "command": "torchmali bench " + " ".join(argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "versions": versions,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark configured by ``args``; 0 if every configuration ran or was skipped."""
+    from tqdm.auto import tqdm
+
+    from .measure import run_isolated
+
+    argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else []
+    try:
+        cases, skipped = build_plan(args)
+    except ValueError as exc:
+        print(f"torchmali bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for case in cases:
+            print(case.label())
+        for case, note in skipped:
+            print(f"{case.label()}  [skipped: {note}]")
+        return 0
+    out = args.out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    meta = _meta(args, argv)
+    records = [make_record(case, {"status": "skipped", "note": note}) for case, note in skipped]
+    started = time.perf_counter()
+    bar = tqdm(total=len(cases), desc="bench", unit="config", disable=not sys.stderr.isatty())
+
+    def on_result(case: Case, result: dict[str, Any]) -> None:
+        records.append(make_record(case, result))
+        if result.get("status") == "error":
+            tqdm.write(f"error in {case.label()}: {result.get('note')}", file=sys.stderr)
+        bar.set_postfix_str(case.label(), refresh=False)
+        bar.update()
+        write_results(records, out)  # partial results survive an interruption
+
+    run_isolated(cases, out / "refs", args.timeout, on_result)
+    bar.close()
+    meta["duration_s"] = round(time.perf_counter() - started, 1)
+    write_results(records, out)
+    plot(records, out)
+    checks = targets(records)
+    notes = sorted(
+        {
+            f"{r['library']} {r['gradient']}: {r['note']}"
+            for r in records
+            if r["status"] == "skipped"
+        }
+    )
+    errors = [r for r in records if r["status"] == "error"]
+    summary = "\n\n".join(
+        [
+            f"# torchmali bench\n\n`{meta['command']}` on {meta['cpu']} ({meta['device']}, "
+            f"{meta['torch_threads']} threads), {meta['date']}, {meta['duration_s']} s.",
+            "## Targets\n\n" + targets_table(checks),
+            "## torchmali / peer ratios (same run)\n\n" + ratios(records),
+            "## All configurations\n\n" + summary_tables(records),
+            "## Skipped\n\n" + ("\n".join(f"- {n}" for n in notes) or "none"),
+        ]
+    )
+    (out / "summary.md").write_text(summary + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(summary_tables(records, largest_only=True))
+    print("\n" + targets_table(checks))
+    if notes:
+        print("\nskipped: " + "; ".join(notes))
+    print(
+        f"\n{len(records) - len(skipped) - len(errors)} configurations measured, "
+        f"{len(skipped)} skipped, {len(errors)} failed in {meta['duration_s']} s; "
+        f"results in {out} ({', '.join(('results.json', 'results.csv', *PLOT_FILES))}, "
+        "summary.md)"
+    )
+    return 1 if errors else 0

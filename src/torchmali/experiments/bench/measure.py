@@ -1,0 +1,368 @@
+"""Measuring one configuration in a fresh process: memory, time, evaluations, gradient errors.
+
+Each configuration runs in a process of its own, forked from a server that has imported torch and
+the libraries but run nothing (``multiprocessing``'s ``forkserver``), so configurations share no
+allocator state, caches or warm-up. In the worker, in this order:
+
+1. a warm-up on a small grid (lazy initialisation), then one untimed call on the full problem;
+2. ``repeats`` timed forward + backward calls: wall-clock (``time_s``, the median) and process CPU
+   time (``cpu_time_s``, the median; robust when other processes compete for the cores);
+3. one more forward + backward that gives the memory, the evaluation counts (a counting wrapper
+   around the vector field, the same for every library) and the gradient;
+4. the reference gradients (cached per workload and grid in ``refs/``).
+
+Memory is measured the same way for every library, independently of torchmali's bookkeeping:
+
+* CUDA: ``torch.cuda.max_memory_allocated()`` during the call minus the memory allocated just
+  before it (peak statistics reset first).
+* CPU (Linux): the peak resident set size (``VmHWM``) during the call minus the resident set size
+  just before it. Before the baseline is read the worker returns its free heap to the OS
+  (``malloc_trim``), switches glibc to serving every allocation of 64 KiB or more by its own
+  mapping (``mallopt``; freed tensors then leave the RSS at once, so the peak follows the live
+  tensors rather than heap fragmentation), and resets its peak RSS (writing ``5`` to
+  ``/proc/self/clear_refs``). Timing runs before this switch, with the default allocator.
+  Elsewhere the high-water mark ``ru_maxrss`` is used, exact only when the call is the largest
+  so far.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import importlib.util
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .plan import Case
+from .runners import RUNNERS
+from .workloads import T0, T1, WORKLOADS, Problem, build_problem, gradient_vector
+
+__all__ = ["CountingField", "measure", "run_isolated"]
+
+#: Tolerances of the continuous-time reference gradient (float64 dopri5).
+REFERENCE_RTOL, REFERENCE_ATOL = 1e-10, 1e-12
+_libc = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+class CountingField(nn.Module):
+    """Wraps a vector field and counts its evaluations (forward calls, with or without graph)."""
+
+    def __init__(self, func: nn.Module) -> None:
+        super().__init__()
+        self.func = func
+        self.calls = 0
+
+    def forward(self, t: Any, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.func(t, y)
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class _PeakRSS:
+    """Peak resident set size above a baseline (see the module docstring)."""
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _maxrss() -> int:
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def __init__(self, tune_allocator: bool = False) -> None:
+        self.exact = _status_bytes("VmHWM") is not None and self._reset()
+        self.method = "peak_rss_above_baseline" if self.exact else "ru_maxrss_above_baseline"
+        self.tune_allocator = tune_allocator and _libc is not None
+
+    def start(self) -> None:
+        gc.collect()
+        if _libc is not None:
+            _libc.malloc_trim(0)  # give the free heap back to the OS
+        if self.tune_allocator:
+            # Serve every allocation >= 64 KiB by its own mapping, returned to the OS when freed,
+            # so that the RSS follows the live tensors. Permanent for the process.
+            _libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+            _libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024)
+        if self.exact:
+            self._reset()
+            self.base = _status_bytes("VmRSS")
+        else:
+            self.base = self._maxrss()
+
+    def peak(self) -> int:
+        now = _status_bytes("VmHWM") if self.exact else self._maxrss()
+        return max(0, now - self.base)
+
+
+class _PeakCUDA:
+    method = "cuda_max_memory_allocated"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.base = torch.cuda.memory_allocated(self.device)
+
+    def peak(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - self.base
+
+
+def _clear_grads(problem: Problem) -> None:
+    for p in problem.parameters():
+        p.grad = None
+
+
+def _rel_error(g: torch.Tensor, ref: torch.Tensor | None) -> float | None:
+    if ref is None:
+        return None
+    return float((g - ref).norm() / ref.norm())
+
+
+def _direct64(case: Case, method: str, grid: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
+    """The float64 gradient of the case's loss by torchmali's direct backprop.
+
+    ``grid`` replays an accepted grid exactly (a fixed-step solve whose output times are the grid);
+    otherwise ``kwargs`` (``rtol``/``atol`` or ``options``) configure the solve.
+    """
+    import torchmali
+
+    problem = build_problem(WORKLOADS[case.workload], torch.float64, case.device, case.seed)
+    t = problem.t
+    if grid is not None:
+        t = grid.to(device=case.device)
+        kwargs = {"options": {"step_size": T1 - T0}}
+    ys = torchmali.odeint(problem.func, problem.y0, t, method=method, gradient="direct", **kwargs)
+    if grid is not None:  # keep the states at the workload's output times
+        ys = ys[_grid_indices(grid, problem.t)]
+    problem.loss(ys).backward()
+    return gradient_vector(problem)
+
+
+def _grid_indices(grid: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    dist = (grid.reshape(-1, 1) - times.to(grid).reshape(1, -1)).abs()
+    close, idx = dist.min(dim=0)
+    if bool((close > 1e-6).any()):
+        raise LookupError("the accepted grid does not contain every output time (dense output)")
+    return idx
+
+
+def _cached(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    if path.exists():
+        return torch.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(value, path)
+    return value
+
+
+def _references(case: Case, grid: torch.Tensor | None, refs: Path) -> tuple[Any, Any, str | None]:
+    """The discrete (float64 direct backprop on the same grid) and continuous (float64 dopri5 at
+    rtol 1e-10) reference gradients; ``None`` where unavailable, with a note."""
+    if importlib.util.find_spec("torchmali") is None:
+        return None, None, "torchmali is not importable: no reference gradients"
+    tag = f"{case.workload}-seed{case.seed}"
+    continuous = _cached(
+        refs / f"continuous-{tag}.pt",
+        lambda: _direct64(case, "dopri5", None, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL),
+    )
+    note = None
+    if case.n_steps is not None:
+        h = (T1 - T0) / case.n_steps
+        discrete = _cached(
+            refs / f"discrete-{tag}-{case.method}-n{case.n_steps}.pt",
+            lambda: _direct64(case, case.method, None, options={"step_size": h}),
+        )
+    elif grid is None:
+        discrete, note = None, "the library does not expose its accepted grid"
+    else:
+        try:
+            discrete = _direct64(case, case.method, grid)
+        except LookupError as exc:
+            discrete, note = None, str(exc)
+    return discrete, continuous, note
+
+
+def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
+    """Measure one configuration in the current process.
+
+    Args:
+        case: the configuration.
+        refs: directory of the cached reference gradients.
+        isolated: this is a worker process of its own: set its thread count and switch its
+            allocator for the memory measurement (see the module docstring). Without it the memory
+            figure is only indicative.
+
+    Returns:
+        The record: the case's fields, then ``time_s``, ``peak_memory_bytes``, ``nfe_forward``,
+        ``nfe_backward``, the gradient errors, torchmali's own statistics where it has them.
+    """
+    if isolated and case.threads:
+        torch.set_num_threads(case.threads)
+    runner = RUNNERS[(case.library, case.gradient)]
+    device = torch.device(case.device)
+    problem = build_problem(WORKLOADS[case.workload], getattr(torch, case.dtype), device, case.seed)
+    counter = CountingField(problem.func)
+    counted = Problem(counter, problem.y0, problem.t, problem.weights)
+    forward = runner.prepare(counted, case)
+    if case.n_steps is not None:
+        small = dataclasses.replace(case, n_steps=2 * WORKLOADS[case.workload].n_outputs)
+    else:
+        small = dataclasses.replace(case, rtol=1e-1, atol=1e-1)
+
+    def call(fwd: Callable) -> dict[str, Any]:
+        _clear_grads(problem)
+        ys, info = fwd()
+        problem.loss(ys).backward()
+        return info
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    call(runner.prepare(counted, small))  # lazy initialisation, on a small problem
+    call(forward)  # warm-up on the full problem
+    wall, cpu = [], []
+    for _ in range(case.repeats):
+        sync()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        call(forward)
+        sync()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+
+    # Memory, evaluations and gradient: one more call, measured on its own.
+    meter = _PeakCUDA(device) if device.type == "cuda" else _PeakRSS(isolated)
+    _clear_grads(problem)
+    meter.start()
+    counter.calls = 0
+    ys, info = forward()
+    nfe_forward = counter.calls
+    problem.loss(ys).backward()
+    peak = meter.peak()
+    nfe_backward = counter.calls - nfe_forward
+    del ys, forward
+    grad = gradient_vector(problem)
+    stats, grid = info.get("stats"), info.get("grid")
+
+    discrete, continuous, note = _references(case, grid, refs)
+    return {
+        **case.to_dict(),
+        "mode": case.mode,
+        "peer_method": runner.peer_method(case) if case.library != "torchmali" else None,
+        "status": "ok",
+        "note": note,
+        "n_steps": case.n_steps if grid is None else len(grid) - 1,
+        "time_s": statistics.median(wall),
+        "cpu_time_s": statistics.median(cpu),
+        "time_s_repeats": wall,
+        "peak_memory_bytes": int(peak),
+        "memory_method": meter.method,
+        "nfe_forward": nfe_forward,
+        "nfe_backward": nfe_backward,
+        "grad_rel_error_discrete": _rel_error(grad, discrete),
+        "grad_rel_error_continuous": _rel_error(grad, continuous),
+        "reported_memory_bytes": getattr(stats, "memory_bytes", None),
+        "reported_nfe_forward": getattr(stats, "nfe_forward", None),
+        "reported_nfe_backward": getattr(stats, "nfe_backward", None),
+        "drift": getattr(stats, "drift", None),
+        "recomputed_steps": getattr(stats, "recomputed_steps", None),
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _worker(case: dict, refs: str, conn: Any) -> None:
+    try:
+        conn.send(measure(Case(**case), Path(refs), isolated=True))
+    except BaseException as exc:  # report every failure to the parent, never hang it
+        conn.send(
+            {
+                "status": "error",
+                "note": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        )
+    finally:
+        conn.close()
+
+
+def _context() -> Any:
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        preload = [
+            m
+            for m in ("torch", "torchmali", "torchdiffeq", "TorchDiffEqPack", __name__)
+            if importlib.util.find_spec(m) is not None
+        ]
+        ctx.set_forkserver_preload(preload)
+        return ctx
+    return mp.get_context("spawn")
+
+
+def run_isolated(
+    cases: Iterable[Case],
+    refs: Path,
+    timeout: float,
+    on_result: Callable[[Case, dict[str, Any]], None],
+) -> None:
+    """Measure every case in a process of its own, one after another.
+
+    Args:
+        cases: the configurations.
+        refs: directory of the cached reference gradients.
+        timeout: seconds after which a configuration is killed and reported as an error.
+        on_result: called with each case and its record (``status`` ``ok`` or ``error``).
+    """
+    ctx = _context()
+    for case in cases:
+        receiver, sender = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker, args=(case.to_dict(), str(refs), sender), daemon=True)
+        proc.start()
+        sender.close()
+        try:
+            if receiver.poll(timeout):
+                result = receiver.recv()
+            else:
+                result = {"status": "error", "note": f"timed out after {timeout:g} s"}
+        except EOFError:
+            result = {"status": "error", "note": "the worker process died"}
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        if result.get("status") == "error" and proc.exitcode not in (0, None):
+            result["note"] += f" (exit code {proc.exitcode})"
+        on_result(case, result)

@@ -1,0 +1,308 @@
+"""Writing the benchmark's results: JSON, CSV, plots, the summary tables, ratios and targets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .plan import Case
+
+__all__ = [
+    "RECORD_KEYS",
+    "make_record",
+    "ratios",
+    "summary_tables",
+    "targets",
+    "write_results",
+]
+
+#: Every record has these keys, in this order (``None`` where not applicable).
+RECORD_KEYS = (
+    "library",
+    "gradient",
+    "method",
+    "workload",
+    "mode",
+    "n_steps",
+    "rtol",
+    "atol",
+    "dtype",
+    "device",
+    "status",
+    "note",
+    "time_s",
+    "peak_memory_bytes",
+    "nfe_forward",
+    "nfe_backward",
+    "grad_rel_error_discrete",
+    "grad_rel_error_continuous",
+    "memory_method",
+    "peer_method",
+    "reported_memory_bytes",
+    "reported_nfe_forward",
+    "reported_nfe_backward",
+    "drift",
+    "recomputed_steps",
+    "repeats",
+    "seed",
+    "threads",
+    "time_s_repeats",
+)
+_MIB = 2.0**20
+
+
+def make_record(case: Case, result: dict[str, Any]) -> dict[str, Any]:
+    """A complete record: the case's fields, overwritten by the worker's result."""
+    record = {key: None for key in RECORD_KEYS}
+    record.update(case.to_dict())
+    record["mode"] = case.mode
+    record.update({k: v for k, v in result.items() if k != "traceback"})
+    return record
+
+
+def write_results(records: Sequence[dict[str, Any]], out: Path) -> None:
+    """Write ``results.json`` (a list of records) and ``results.csv`` (the same, one row each)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(list(records), indent=1) + "\n")
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RECORD_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        for rec in records:
+            writer.writerow(
+                {k: json.dumps(v) if isinstance(v, list) else v for k, v in rec.items()}
+            )
+
+
+def _ok(records: Iterable[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    return [
+        r for r in records if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())
+    ]
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "mib":
+        return f"{value / _MIB:.1f}"
+    if kind == "time":
+        return f"{value:.3f}"
+    if kind == "err":
+        return f"{value:.1e}"
+    if kind == "ratio":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_tables(records: Sequence[dict[str, Any]], largest_only: bool = False) -> str:
+    """Markdown tables of every measured configuration, one per workload and dtype.
+
+    Args:
+        records: the records.
+        largest_only: keep only the largest fixed step count (plus the adaptive runs).
+    """
+    blocks = []
+    groups = dict.fromkeys((r["workload"], r["dtype"]) for r in records if r["status"] == "ok")
+    for workload, dtype in groups:
+        recs = _ok(records, workload=workload, dtype=dtype)
+        if largest_only:
+            nmax = max((r["n_steps"] for r in recs if r["mode"] == "fixed"), default=None)
+            recs = [r for r in recs if r["mode"] == "adaptive" or r["n_steps"] == nmax]
+        recs.sort(
+            key=lambda r: (
+                r["mode"] == "adaptive",
+                r["method"],
+                -(r["rtol"] or 0),
+                r["n_steps"] or 0,
+                r["library"] != "torchmali",
+                r["library"],
+                r["gradient"],
+            )
+        )
+        rows = [
+            [
+                r["library"],
+                r["gradient"],
+                r["method"],
+                str(r["n_steps"])
+                if r["mode"] == "fixed"
+                else f"{r['n_steps']} (rtol {r['rtol']:g})",
+                _fmt(r["time_s"], "time"),
+                _fmt(r["peak_memory_bytes"], "mib"),
+                f"{r['nfe_forward']}/{r['nfe_backward']}",
+                _fmt(r["grad_rel_error_discrete"], "err"),
+                _fmt(r["grad_rel_error_continuous"], "err"),
+            ]
+            for r in recs
+        ]
+        header = [
+            "library",
+            "gradient",
+            "solver",
+            "steps",
+            "time (s)",
+            "peak MiB",
+            "nfe f/b",
+            "err discrete",
+            "err continuous",
+        ]
+        blocks.append(f"### {workload}, {dtype}\n\n" + _table(header, rows))
+    return "\n\n".join(blocks)
+
+
+def ratios(records: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of torchmali / peer ratios of time and memory, from the same run, for the
+    same workload, solver, grid (or tolerance) and dtype."""
+    rows = []
+    for mine in _ok(records, library="torchmali"):
+        size = {"n_steps": mine["n_steps"]} if mine["mode"] == "fixed" else {"rtol": mine["rtol"]}
+        for peer in _ok(
+            records,
+            gradient=mine["gradient"],
+            method=mine["method"],
+            workload=mine["workload"],
+            dtype=mine["dtype"],
+            mode=mine["mode"],
+            **size,
+        ):
+            if peer["library"] == "torchmali":
+                continue
+            time_ratio = mine["time_s"] / peer["time_s"]
+            mem_ratio = (
+                mine["peak_memory_bytes"] / peer["peak_memory_bytes"]
+                if peer["peak_memory_bytes"]
+                else None
+            )
+            steps = str(mine["n_steps"]) if mine["mode"] == "fixed" else f"rtol {mine['rtol']:g}"
+            rows.append(
+                [
+                    mine["workload"],
+                    mine["dtype"],
+                    mine["method"],
+                    steps,
+                    f"{mine['gradient']} / {peer['library']} {peer['peer_method']}",
+                    _fmt(time_ratio, "ratio"),
+                    _fmt(mem_ratio, "ratio"),
+                ]
+            )
+    if not rows:
+        return "(no peer ran)"
+    header = ["workload", "dtype", "solver", "steps", "torchmali / peer", "time", "memory"]
+    return _table(header, rows)
+
+
+def _fixed(records: Sequence[dict[str, Any]], **match: Any) -> dict[tuple, dict[str, Any]]:
+    return {(r["workload"], r["n_steps"]): r for r in _ok(records, mode="fixed", **match)}
+
+
+def targets(records: Sequence[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
+    """Check the issue's targets on the fixed-grid runs.
+
+    Returns:
+        ``(target, what was measured, passed)`` rows; ``passed`` is ``None`` when nothing
+        could be measured.
+    """
+    out: list[tuple[str, str, bool | None]] = []
+    mali = _fixed(records, library="torchmali", gradient="mali", method="alf", dtype="float32")
+    direct = _fixed(records, library="torchmali", gradient="direct", method="alf", dtype="float32")
+    tdep = _fixed(
+        records, library="torchdiffeqpack", gradient="mali", method="alf", dtype="float32"
+    )
+    for workload in dict.fromkeys(w for w, _ in mali):
+        ns = sorted(n for w, n in mali if w == workload)
+        lo, hi = mali[(workload, ns[0])], mali[(workload, ns[-1])]
+        growth = hi["peak_memory_bytes"] / max(lo["peak_memory_bytes"], 1) - 1
+        out.append(
+            (
+                f"{workload}: mali memory flat (n={ns[-1]} within 10% of n={ns[0]})",
+                f"{lo['peak_memory_bytes'] / _MIB:.2f} -> {hi['peak_memory_bytes'] / _MIB:.2f}"
+                f" MiB ({growth:+.1%})",
+                len(ns) > 1 and growth <= 0.10,
+            )
+        )
+        if (workload, ns[0]) in direct and (workload, ns[-1]) in direct:
+            d0, d1 = direct[(workload, ns[0])], direct[(workload, ns[-1])]
+            slope = (
+                math.log(d1["peak_memory_bytes"] / max(d0["peak_memory_bytes"], 1))
+                / math.log(ns[-1] / ns[0])
+                if ns[-1] > ns[0]
+                else float("nan")
+            )
+            out.append(
+                (
+                    f"{workload}: direct memory grows linearly",
+                    f"{d0['peak_memory_bytes'] / _MIB:.1f} -> "
+                    f"{d1['peak_memory_bytes'] / _MIB:.1f} MiB, log-log slope {slope:.2f}",
+                    0.8 <= slope <= 1.2,
+                )
+            )
+        for name, ref, bound in (("direct", direct, 1.4), ("TorchDiffEqPack MALI", tdep, 0.8)):
+            pairs = [
+                (n, mali[(workload, n)]["time_s"] / ref[(workload, n)]["time_s"])
+                for n in ns
+                if (workload, n) in ref
+            ]
+            if pairs:
+                text = ", ".join(f"n={n}: {q:.2f}" for n, q in pairs)
+                out.append(
+                    (
+                        f"{workload}: mali time <= {bound}x {name}",
+                        text,
+                        all(q <= bound for _, q in pairs),
+                    )
+                )
+    for dtype, bound in (("float32", 1e-6), ("float64", 1e-10)):
+        for gradient in ("mali", "checkpoint", "binomial"):
+            errs = [
+                r["grad_rel_error_discrete"]
+                for r in _ok(
+                    records, library="torchmali", gradient=gradient, dtype=dtype, mode="fixed"
+                )
+                if r["grad_rel_error_discrete"] is not None
+            ]
+            if errs:
+                out.append(
+                    (
+                        f"{gradient} discrete gradient error <= {bound:g} ({dtype})",
+                        f"max {max(errs):.1e} over {len(errs)} runs",
+                        max(errs) <= bound,
+                    )
+                )
+    aca = _fixed(records, library="torchdiffeqpack", gradient="checkpoint", dtype="float32")
+    for (workload, n), peer in aca.items():
+        mine = _ok(
+            records,
+            library="torchmali",
+            gradient="checkpoint",
+            method=peer["method"],
+            workload=workload,
+            n_steps=n,
+            dtype="float32",
+            mode="fixed",
+        )
+        if mine and peer["peak_memory_bytes"]:
+            q = mine[0]["peak_memory_bytes"] / peer["peak_memory_bytes"]
+            out.append(
+                (
+                    f"{workload} n={n}: checkpoint memory <= TorchDiffEqPack ACA",
+                    f"{mine[0]['peak_memory_bytes'] / _MIB:.1f} vs "
+                    f"{peer['peak_memory_bytes'] / _MIB:.1f} MiB ({q:.2f}x)",
+                    q <= 1.0,
+                )
+            )
+    return out
+
+
+def targets_table(rows: Sequence[tuple[str, str, bool | None]]) -> str:
+    """The targets as a markdown table."""
+    verdict = {True: "PASS", False: "FAIL", None: "-"}
+    return _table(["target", "measured", ""], [[t, m, verdict[p]] for t, m, p in rows])
