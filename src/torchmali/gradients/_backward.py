@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .._loop import Problem
+from .._loop import Problem, StepRecord
 from .._solution import SolveStats
+from .base import GradientMethod
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,28 @@ class Context:
     problem: Problem
     method: Any
     stats: SolveStats
+
+
+class FunctionMethod(GradientMethod):
+    """A gradient method implemented by one private ``torch.autograd.Function``.
+
+    The Function's ``forward(ctx, context, holder, y0, *params)`` integrates under ``no_grad``,
+    stores the accepted grid in ``holder["record"]`` and returns the stacked outputs; its
+    ``backward`` returns ``(None, None, grad_y0, *grad_params)``.
+    """
+
+    function: ClassVar[type[torch.autograd.Function]]
+
+    def run(
+        self,
+        problem: Problem,
+        y0: torch.Tensor,
+        params: tuple[torch.Tensor, ...],
+        stats: SolveStats,
+    ) -> tuple[list[torch.Tensor], StepRecord]:
+        holder: dict = {}
+        ys = self.function.apply(Context(problem, self, stats), holder, y0, *params)
+        return list(ys.unbind(0)), holder["record"]
 
 
 def refuse_double_backward(name: str) -> None:

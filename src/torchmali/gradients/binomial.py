@@ -8,12 +8,17 @@ from typing import Any
 
 import torch
 
-from .._loop import Problem, StepRecord, integrate
-from .._solution import SolveStats
+from .._loop import integrate
 from ..step_size import fixed_grid
-from ._backward import Context, output_cotangents, preserve_buffers, refuse_double_backward
+from ._backward import (
+    Context,
+    FunctionMethod,
+    output_cotangents,
+    preserve_buffers,
+    refuse_double_backward,
+)
 from ._memory import tensor_bytes
-from .base import GradientMethod, register
+from .base import register
 from .checkpoint import Adjoint, step_vjp
 
 
@@ -54,7 +59,7 @@ def optimal_split(n: int, k: int) -> int:
 
 @register
 @dataclass(frozen=True)
-class Binomial(GradientMethod):
+class Binomial(FunctionMethod):
     """Binomial checkpointing (ANODE's memory-reduced variant, Griewank's "revolve").
 
     At most ``checkpoints`` states (the initial one included) are stored at any time; the
@@ -83,17 +88,6 @@ class Binomial(GradientMethod):
             raise ValueError(
                 f"Binomial(checkpoints=K) needs an integer K >= 1, got {self.checkpoints!r}"
             )
-
-    def run(
-        self,
-        problem: Problem,
-        y0: torch.Tensor,
-        params: tuple[torch.Tensor, ...],
-        stats: SolveStats,
-    ) -> tuple[list[torch.Tensor], StepRecord]:
-        holder: dict = {}
-        ys = _BinomialFunction.apply(Context(problem, self, stats), holder, y0, *params)
-        return list(ys.unbind(0)), holder["record"]
 
 
 def optimal_recomputations(n_steps: int, checkpoints: int) -> int:
@@ -199,3 +193,6 @@ class _Reverser:
         if self.adj is None:
             self.adj = Adjoint.zeros(y, s, self.params)
         step_vjp(self.problem, self.record, i, y, s, self.adj, self.grad_out, self.params)
+
+
+Binomial.function = _BinomialFunction

@@ -8,21 +8,21 @@ from typing import Any
 import torch
 
 from .._loop import Problem, StepRecord, integrate, step_outputs
-from .._solution import SolveStats
 from ._backward import (
     Context,
+    FunctionMethod,
     add_into,
     output_cotangents,
     preserve_buffers,
     refuse_double_backward,
 )
 from ._memory import tensor_bytes
-from .base import GradientMethod, register
+from .base import register
 
 
 @register
 @dataclass(frozen=True)
-class Checkpoint(GradientMethod):
+class Checkpoint(FunctionMethod):
     """ACA (Zhuang et al. 2020) / ANODE (Gholami et al. 2019): discretize-then-optimize with
     one checkpoint per accepted step.
 
@@ -39,17 +39,6 @@ class Checkpoint(GradientMethod):
 
     name = "checkpoint"
     aliases = ("aca", "anode")
-
-    def run(
-        self,
-        problem: Problem,
-        y0: torch.Tensor,
-        params: tuple[torch.Tensor, ...],
-        stats: SolveStats,
-    ) -> tuple[list[torch.Tensor], StepRecord]:
-        holder: dict = {}
-        ys = _CheckpointFunction.apply(Context(problem, self, stats), holder, y0, *params)
-        return list(ys.unbind(0)), holder["record"]
 
 
 class _CheckpointFunction(torch.autograd.Function):
@@ -164,3 +153,6 @@ def step_vjp(
     else:
         adj.state = None
         add_into(adj.params, grads[1:])
+
+
+Checkpoint.function = _CheckpointFunction

@@ -9,11 +9,11 @@ from typing import Literal
 
 import torch
 
-from .._loop import Problem, StepRecord, integrate
-from .._solution import SolveStats
+from .._loop import integrate
 from ..solvers.alf import ALF
 from ._backward import (
     Context,
+    FunctionMethod,
     add_into,
     output_cotangents,
     preserve_buffers,
@@ -21,7 +21,7 @@ from ._backward import (
     vjp,
 )
 from ._memory import tensor_bytes
-from .base import GradientMethod, register
+from .base import register
 
 
 class ReconstructionDriftWarning(RuntimeWarning):
@@ -30,7 +30,7 @@ class ReconstructionDriftWarning(RuntimeWarning):
 
 @register
 @dataclass(frozen=True)
-class Mali(GradientMethod):
+class Mali(FunctionMethod):
     """MALI (Zhuang et al., ICLR 2021): exact gradients at constant memory with ALF.
 
     The forward pass runs under ``no_grad`` and keeps only the final ``(z, v)``, the initial
@@ -99,17 +99,6 @@ class Mali(GradientMethod):
                 f"gradient='mali' needs a reversible solver: use method='alf' (got {solver.name!r}); "
                 "for other solvers use gradient='checkpoint' or 'binomial' (also exact)"
             )
-
-    def run(
-        self,
-        problem: Problem,
-        y0: torch.Tensor,
-        params: tuple[torch.Tensor, ...],
-        stats: SolveStats,
-    ) -> tuple[list[torch.Tensor], StepRecord]:
-        holder: dict = {}
-        ys = _MaliFunction.apply(Context(problem, self, stats), holder, y0, *params)
-        return list(ys.unbind(0)), holder["record"]
 
 
 class _MaliFunction(torch.autograd.Function):
@@ -220,3 +209,6 @@ def _check_drift(cfg: Mali, drift: float, parasitic: float) -> None:
     if cfg.on_drift == "raise":
         raise RuntimeError(message)
     warnings.warn(message, ReconstructionDriftWarning, stacklevel=3)
+
+
+Mali.function = _MaliFunction
