@@ -214,6 +214,7 @@ def test_targets_from_records():
             peak_memory_bytes=mem,
             time_s=time_s,
             grad_rel_error_discrete=err,
+            grad_rel_error_direct=err,
             peer_method=None,
         )
 

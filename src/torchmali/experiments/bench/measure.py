@@ -4,25 +4,28 @@ Each configuration runs in a process of its own, forked from a server that has i
 the libraries but run nothing (``multiprocessing``'s ``forkserver``), so configurations share no
 allocator state, caches or warm-up. In the worker, in this order:
 
-1. a warm-up on a small grid (lazy initialisation), then one untimed call on the full problem;
-2. ``repeats`` timed forward + backward calls: wall-clock (``time_s``, the median) and process CPU
-   time (``cpu_time_s``, the median; robust when other processes compete for the cores);
-3. one more forward + backward that gives the memory, the evaluation counts (a counting wrapper
-   around the vector field, the same for every library) and the gradient;
-4. the reference gradients (cached per workload and grid in ``refs/``).
+1. warm-up: a short solve on the full batch (lazy initialisation, kernels for these shapes), then
+   the full grid on one sample (per-step Python objects and interpreter caches grow to their size
+   for this grid);
+2. one forward + backward call on the full batch for the peak memory, the evaluation counts (a
+   counting wrapper around the vector field, the same for every library) and the gradient;
+3. ``repeats`` timed calls: wall-clock time (``time_s``, the median, which also discards the first
+   call's cold page faults when ``repeats >= 3``) and process CPU time (``cpu_time_s``, the median;
+   robust when other processes compete for the cores);
+4. the gradient errors against the reference gradients (cached in ``refs/``).
 
 Memory is measured the same way for every library, independently of torchmali's bookkeeping:
 
 * CUDA: ``torch.cuda.max_memory_allocated()`` during the call minus the memory allocated just
   before it (peak statistics reset first).
 * CPU (Linux): the peak resident set size (``VmHWM``) during the call minus the resident set size
-  just before it. Before the baseline is read the worker returns its free heap to the OS
-  (``malloc_trim``), switches glibc to serving every allocation of 64 KiB or more by its own
-  mapping (``mallopt``; freed tensors then leave the RSS at once, so the peak follows the live
-  tensors rather than heap fragmentation), and resets its peak RSS (writing ``5`` to
-  ``/proc/self/clear_refs``). Timing runs before this switch, with the default allocator.
-  Elsewhere the high-water mark ``ru_maxrss`` is used, exact only when the call is the largest
-  so far.
+  just before it. Until the memory call is over the worker serves every allocation of 16 KiB or
+  more by its own mapping (glibc's ``mallopt``), so a freed tensor leaves the RSS at once and the
+  peak follows the live tensors rather than the heap's fragmentation (which otherwise makes it vary
+  by tens of percent from run to run); before the call it returns its free heap to the OS
+  (``malloc_trim``) and resets its peak RSS (writing ``5`` to ``/proc/self/clear_refs``). What
+  remains is a floor of some hundred KiB (the interpreter's small objects). Elsewhere the
+  high-water mark ``ru_maxrss`` is used, exact only when the call is the largest so far.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ __all__ = ["CountingField", "measure", "run_isolated"]
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-10, 1e-12
 _libc = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+# Memory call: every tensor of 16 KiB or more in its own mapping, so that a freed tensor leaves the
+# RSS at once. Timed calls: glibc's own steady state (its adaptive threshold grows to 32 MiB), since
+# mapping every tensor afresh makes small-tensor workloads up to twice slower.
+_MEMORY_MMAP_THRESHOLD, _TIMING_MMAP_THRESHOLD = 16 * 1024, 32 * 1024 * 1024
 
 
 class CountingField(nn.Module):
@@ -85,6 +92,10 @@ def _status_bytes(key: str) -> int | None:
 class _PeakRSS:
     """Peak resident set size above a baseline (see the module docstring)."""
 
+    def __init__(self) -> None:
+        self.exact = _status_bytes("VmHWM") is not None and self._reset()
+        self.method = "peak_rss_above_baseline" if self.exact else "ru_maxrss_above_baseline"
+
     @staticmethod
     def _reset() -> bool:
         try:
@@ -99,20 +110,10 @@ class _PeakRSS:
         scale = 1 if sys.platform == "darwin" else 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
-    def __init__(self, tune_allocator: bool = False) -> None:
-        self.exact = _status_bytes("VmHWM") is not None and self._reset()
-        self.method = "peak_rss_above_baseline" if self.exact else "ru_maxrss_above_baseline"
-        self.tune_allocator = tune_allocator and _libc is not None
-
     def start(self) -> None:
-        gc.collect()
+        gc.collect(1)  # not gen 2: that would also empty Python's free lists, refilled in the call
         if _libc is not None:
             _libc.malloc_trim(0)  # give the free heap back to the OS
-        if self.tune_allocator:
-            # Serve every allocation >= 64 KiB by its own mapping, returned to the OS when freed,
-            # so that the RSS follows the live tensors. Permanent for the process.
-            _libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
-            _libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024)
         if self.exact:
             self._reset()
             self.base = _status_bytes("VmRSS")
@@ -131,7 +132,7 @@ class _PeakCUDA:
         self.device = device
 
     def start(self) -> None:
-        gc.collect()
+        gc.collect(1)
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         self.base = torch.cuda.memory_allocated(self.device)
@@ -141,9 +142,13 @@ class _PeakCUDA:
         return torch.cuda.max_memory_allocated(self.device) - self.base
 
 
-def _clear_grads(problem: Problem) -> None:
-    for p in problem.parameters():
-        p.grad = None
+def _tune_allocator(mmap_threshold: int) -> None:
+    """Serve every allocation of ``mmap_threshold`` bytes or more by its own mapping, returned to
+    the OS when freed; trim the heap when ``2 * mmap_threshold`` bytes are free at its top (glibc
+    only; this also turns off glibc's adaptive threshold)."""
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        _libc.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold)
 
 
 def _rel_error(g: torch.Tensor, ref: torch.Tensor | None) -> float | None:
@@ -152,15 +157,17 @@ def _rel_error(g: torch.Tensor, ref: torch.Tensor | None) -> float | None:
     return float((g - ref).norm() / ref.norm())
 
 
-def _direct64(case: Case, method: str, grid: torch.Tensor | None, **kwargs: Any) -> torch.Tensor:
-    """The float64 gradient of the case's loss by torchmali's direct backprop.
+def _direct(
+    case: Case, dtype: torch.dtype, method: str, grid: torch.Tensor | None, **kwargs: Any
+) -> torch.Tensor:
+    """The gradient of the case's loss by torchmali's direct backprop in ``dtype``.
 
     ``grid`` replays an accepted grid exactly (a fixed-step solve whose output times are the grid);
     otherwise ``kwargs`` (``rtol``/``atol`` or ``options``) configure the solve.
     """
     import torchmali
 
-    problem = build_problem(WORKLOADS[case.workload], torch.float64, case.device, case.seed)
+    problem = build_problem(WORKLOADS[case.workload], dtype, case.device, case.seed)
     t = problem.t
     if grid is not None:
         t = grid.to(device=case.device)
@@ -189,31 +196,47 @@ def _cached(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     return value
 
 
-def _references(case: Case, grid: torch.Tensor | None, refs: Path) -> tuple[Any, Any, str | None]:
-    """The discrete (float64 direct backprop on the same grid) and continuous (float64 dopri5 at
-    rtol 1e-10) reference gradients; ``None`` where unavailable, with a note."""
+def _references(
+    case: Case, grid: torch.Tensor | None, refs: Path
+) -> tuple[dict[str, torch.Tensor | None], str | None]:
+    """The reference gradients, ``None`` where unavailable (with a note):
+
+    * ``discrete``: torchmali's direct backprop in float64 on the same grid;
+    * ``direct``: the same in the case's dtype (what the gradient method should reproduce up to
+      its own round-off; for float32 the ``discrete`` error also contains float32's);
+    * ``continuous``: float64 dopri5 at rtol 1e-10 (the gradient of the exact ODE solution).
+    """
     if importlib.util.find_spec("torchmali") is None:
-        return None, None, "torchmali is not importable: no reference gradients"
+        return {}, "torchmali is not importable: no reference gradients"
     tag = f"{case.workload}-seed{case.seed}"
-    continuous = _cached(
-        refs / f"continuous-{tag}.pt",
-        lambda: _direct64(case, "dopri5", None, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL),
-    )
-    note = None
-    if case.n_steps is not None:
-        h = (T1 - T0) / case.n_steps
-        discrete = _cached(
-            refs / f"discrete-{tag}-{case.method}-n{case.n_steps}.pt",
-            lambda: _direct64(case, case.method, None, options={"step_size": h}),
+    out: dict[str, torch.Tensor | None] = {
+        "continuous": _cached(
+            refs / f"continuous-{tag}.pt",
+            lambda: _direct(
+                case, torch.float64, "dopri5", None, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL
+            ),
         )
-    elif grid is None:
-        discrete, note = None, "the library does not expose its accepted grid"
-    else:
-        try:
-            discrete = _direct64(case, case.method, grid)
-        except LookupError as exc:
-            discrete, note = None, str(exc)
-    return discrete, continuous, note
+    }
+    note = None
+    dtypes = {"discrete": torch.float64, "direct": getattr(torch, case.dtype)}
+    for key, dtype in dtypes.items():
+        if case.n_steps is not None:
+            h = (T1 - T0) / case.n_steps
+            name = f"discrete-{tag}-{case.method}-n{case.n_steps}-{str(dtype)[6:]}.pt"
+            out[key] = _cached(
+                refs / name,
+                lambda dtype=dtype, h=h: _direct(
+                    case, dtype, case.method, None, options={"step_size": h}
+                ),
+            )
+        elif grid is None:
+            out[key], note = None, "the library does not expose its accepted grid"
+        else:
+            try:
+                out[key] = _direct(case, dtype, case.method, grid)
+            except LookupError as exc:
+                out[key], note = None, str(exc)
+    return out, note
 
 
 def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
@@ -222,63 +245,67 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
     Args:
         case: the configuration.
         refs: directory of the cached reference gradients.
-        isolated: this is a worker process of its own: set its thread count and switch its
-            allocator for the memory measurement (see the module docstring). Without it the memory
-            figure is only indicative.
+        isolated: this is a worker process of its own: set its thread count and its allocator
+            (see the module docstring). Without it the memory figure is only indicative.
 
     Returns:
         The record: the case's fields, then ``time_s``, ``peak_memory_bytes``, ``nfe_forward``,
         ``nfe_backward``, the gradient errors, torchmali's own statistics where it has them.
     """
-    if isolated and case.threads:
-        torch.set_num_threads(case.threads)
+    if isolated:
+        _tune_allocator(_MEMORY_MMAP_THRESHOLD)
+        if case.threads:
+            torch.set_num_threads(case.threads)
     runner = RUNNERS[(case.library, case.gradient)]
     device = torch.device(case.device)
     problem = build_problem(WORKLOADS[case.workload], getattr(torch, case.dtype), device, case.seed)
     counter = CountingField(problem.func)
     counted = Problem(counter, problem.y0, problem.t, problem.weights)
     forward = runner.prepare(counted, case)
-    if case.n_steps is not None:
-        small = dataclasses.replace(case, n_steps=2 * WORKLOADS[case.workload].n_outputs)
-    else:
-        small = dataclasses.replace(case, rtol=1e-1, atol=1e-1)
+    meter = _PeakCUDA(device) if device.type == "cuda" else _PeakRSS()
 
-    def call(fwd: Callable) -> dict[str, Any]:
-        _clear_grads(problem)
+    def call(prob: Problem, fwd: Callable) -> tuple[int, int, dict[str, Any]]:
+        for p in prob.parameters():
+            p.grad = None
+        counter.calls = 0
         ys, info = fwd()
-        problem.loss(ys).backward()
-        return info
+        nfe_forward = counter.calls
+        prob.loss(ys).backward()
+        return nfe_forward, counter.calls - nfe_forward, info
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    call(runner.prepare(counted, small))  # lazy initialisation, on a small problem
-    call(forward)  # warm-up on the full problem
+    # Warm-up: a short solve on the full batch (lazy initialisation, kernels for these shapes),
+    # then the full grid on one sample (per-step Python objects and the interpreter's caches grow
+    # to their size for this grid).
+    if case.n_steps is not None:
+        short = dataclasses.replace(case, n_steps=2 * WORKLOADS[case.workload].n_outputs)
+    else:
+        short = dataclasses.replace(case, rtol=1e-1, atol=1e-1)
+    call(counted, runner.prepare(counted, short))
+    one = counted.subset(1)
+    call(one, runner.prepare(one, case))
+    meter.start()
+    nfe_forward, nfe_backward, info = call(counted, forward)
+    peak = meter.peak()
+    grad = gradient_vector(problem)
+    if isolated:
+        _tune_allocator(_TIMING_MMAP_THRESHOLD)
     wall, cpu = [], []
     for _ in range(case.repeats):
         sync()
         start, start_cpu = time.perf_counter(), time.process_time()
-        call(forward)
+        call(counted, forward)
         sync()
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-
-    # Memory, evaluations and gradient: one more call, measured on its own.
-    meter = _PeakCUDA(device) if device.type == "cuda" else _PeakRSS(isolated)
-    _clear_grads(problem)
-    meter.start()
-    counter.calls = 0
-    ys, info = forward()
-    nfe_forward = counter.calls
-    problem.loss(ys).backward()
-    peak = meter.peak()
-    nfe_backward = counter.calls - nfe_forward
-    del ys, forward
-    grad = gradient_vector(problem)
+    del forward
     stats, grid = info.get("stats"), info.get("grid")
 
-    discrete, continuous, note = _references(case, grid, refs)
+    references, note = _references(case, grid, refs)
+    errors = {f"grad_rel_error_{k}": _rel_error(grad, v) for k, v in references.items()}
     return {
         **case.to_dict(),
         "mode": case.mode,
@@ -293,8 +320,7 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
         "memory_method": meter.method,
         "nfe_forward": nfe_forward,
         "nfe_backward": nfe_backward,
-        "grad_rel_error_discrete": _rel_error(grad, discrete),
-        "grad_rel_error_continuous": _rel_error(grad, continuous),
+        **errors,
         "reported_memory_bytes": getattr(stats, "memory_bytes", None),
         "reported_nfe_forward": getattr(stats, "nfe_forward", None),
         "reported_nfe_backward": getattr(stats, "nfe_backward", None),
@@ -348,6 +374,7 @@ def run_isolated(
     """
     ctx = _context()
     for case in cases:
+        started = time.perf_counter()
         receiver, sender = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_worker, args=(case.to_dict(), str(refs), sender), daemon=True)
         proc.start()
@@ -365,4 +392,5 @@ def run_isolated(
             proc.join()
         if result.get("status") == "error" and proc.exitcode not in (0, None):
             result["note"] += f" (exit code {proc.exitcode})"
+        result["duration_s"] = round(time.perf_counter() - started, 3)
         on_result(case, result)

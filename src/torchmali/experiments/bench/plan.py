@@ -102,6 +102,8 @@ class Section:
         gradients: gradient methods (peers run those they have).
         libraries: libraries.
         dtypes: dtypes.
+        repeats: measured calls per case, overriding the command line's (e.g. 1 where only the
+            gradient error matters).
     """
 
     name: str
@@ -112,6 +114,7 @@ class Section:
     gradients: tuple[str, ...] = GRADIENTS
     libraries: tuple[str, ...] = LIBRARIES
     dtypes: tuple[str, ...] = ("float32",)
+    repeats: int | None = None
 
     def cases(self, **common: Any) -> list[Case]:
         """Every configuration of the section (before any support check).
@@ -136,75 +139,42 @@ class Section:
                                         workload,
                                         dtype,
                                         **size,
-                                        **common,
+                                        **{**common, "repeats": self.repeats or common["repeats"]},
                                     )
                                 )
         return out
 
 
-_ALL = ("mlp", "mlp-times", "conv")
 _EXACT = ("direct", "checkpoint", "binomial", "mali")
+_PEERS_ALF = ("direct", "checkpoint", "binomial", "mali")  # with TorchDiffEqPack's MALI
+_PEERS_RK = ("direct", "adjoint", "checkpoint")  # with torchdiffeq and TorchDiffEqPack's ACA
+_ADAPTIVE_RK = ("direct", "adjoint", "checkpoint", "binomial")
+
+_F64 = {"gradients": _EXACT, "libraries": ("torchmali",), "dtypes": ("float64",), "repeats": 1}
 
 SUITES: dict[str, tuple[Section, ...]] = {
     "default": (
-        Section("fixed grid, ALF", _ALL, ("alf",), steps=(10, 100, 1000)),
+        Section("ALF grid", ("mlp",), ("alf",), steps=(10, 100, 1000), gradients=_PEERS_ALF),
+        Section("Euler grid", ("mlp",), ("euler",), steps=(10, 100), gradients=_PEERS_RK),
+        Section("ALF grid", ("mlp-times", "conv"), ("alf",), steps=(10, 100), gradients=_PEERS_ALF),
         Section(
-            "fixed grid, Euler",
-            _ALL,
-            ("euler",),
-            steps=(10, 100, 1000),
-            gradients=("direct", "adjoint", "checkpoint"),
+            "Euler grid", ("mlp-times", "conv"), ("euler",), steps=(10, 100), gradients=_PEERS_RK
         ),
         Section(
-            "adaptive ALF",
-            ("mlp",),
-            ("alf",),
-            rtols=(1e-2, 1e-3, 1e-4),
-            gradients=("direct", "mali"),
+            "adaptive ALF", ("mlp",), ("alf",), rtols=(1e-2, 1e-4), gradients=("direct", "mali")
         ),
         Section(
-            "adaptive dopri5",
-            ("mlp",),
-            ("dopri5",),
-            rtols=(1e-4, 1e-6, 1e-8),
-            gradients=("direct", "adjoint", "checkpoint", "binomial"),
+            "adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-4, 1e-7), gradients=_ADAPTIVE_RK
         ),
-        Section(
-            "float64",
-            ("mlp",),
-            ("alf",),
-            steps=(10, 100, 1000),
-            gradients=_EXACT,
-            libraries=("torchmali",),
-            dtypes=("float64",),
-        ),
+        Section("float64", ("mlp",), ("alf",), steps=(10, 100), **_F64),
     ),
     "quick": (
-        Section("fixed grid, ALF", ("mlp", "conv"), ("alf",), steps=(10, 100)),
-        Section(
-            "fixed grid, Euler",
-            ("mlp", "conv"),
-            ("euler",),
-            steps=(10, 100),
-            gradients=("direct", "adjoint", "checkpoint"),
-        ),
+        Section("ALF grid", ("mlp",), ("alf",), steps=(10, 100), gradients=_PEERS_ALF),
+        Section("Euler grid", ("mlp",), ("euler",), steps=(10, 100), gradients=_PEERS_RK),
+        Section("ALF grid", ("conv",), ("alf",), steps=(10, 30), gradients=_PEERS_ALF),
         Section("adaptive ALF", ("mlp",), ("alf",), rtols=(1e-3,), gradients=("direct", "mali")),
-        Section(
-            "adaptive dopri5",
-            ("mlp",),
-            ("dopri5",),
-            rtols=(1e-6,),
-            gradients=("direct", "adjoint", "checkpoint", "binomial"),
-        ),
-        Section(
-            "float64",
-            ("mlp",),
-            ("alf",),
-            steps=(100,),
-            gradients=_EXACT,
-            libraries=("torchmali",),
-            dtypes=("float64",),
-        ),
+        Section("adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-6,), gradients=_ADAPTIVE_RK),
+        Section("float64", ("mlp",), ("alf",), steps=(100,), **_F64),
     ),
 }
 

@@ -93,7 +93,7 @@ class Workload:
         return [T0 + (T1 - T0) * i / n for i in range(n + 1)]
 
 
-_MLP = dict(dim=32, hidden=128, batch=256)
+_MLP = dict(dim=64, hidden=64, batch=512)
 _CONV = dict(channels=16, size=8, batch=16)
 
 WORKLOADS: dict[str, Workload] = {
@@ -159,6 +159,11 @@ class Problem:
             ys = ys.unsqueeze(0)
         ys = ys[-self.weights.shape[0] :]
         return (ys * self.weights).sum() / self.y0.numel()
+
+    def subset(self, batch: int) -> Problem:
+        """The same problem on the first ``batch`` samples (same vector field)."""
+        y0 = self.y0.detach()[:batch].clone().requires_grad_(True)
+        return Problem(self.func, y0, self.t, self.weights[:, :batch])
 
     def parameters(self) -> list[torch.Tensor]:
         """Everything the gradient is taken with respect to: the field's parameters, then ``y0``."""
