@@ -130,7 +130,7 @@ def solve(
     stats.nfe_forward = f.nfe
     stats.n_accepted = record.n_steps
     stats.n_rejected = record.n_rejected
-    ys = structure.unflatten_stacked(torch.stack(outputs))
+    ys = structure.unflatten(torch.stack(outputs))
     ts = torch.tensor(record.ts, dtype=torch.float64) * sign
     return Solution(ys=ys, ts=ts, stats=stats)
 

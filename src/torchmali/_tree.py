@@ -52,15 +52,12 @@ class Structure:
         return torch.cat([y.reshape(-1) for y in ys])
 
     def unflatten(self, y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Inverse of ``flatten``; leading dimensions (e.g. stacked times ``[T, n]``) are kept."""
         if not self.is_tuple:
             return y
         parts = torch.split(y, self.numels, dim=-1)
         lead = y.shape[:-1]
         return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
-
-    def unflatten_stacked(self, ys: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Unflatten a stack of flat states ``[T, n]`` into ``[T, *shape]`` members."""
-        return self.unflatten(ys)
 
     def per_tensor(self, value, name: str) -> torch.Tensor | float:
         """Expand a per-tensor tolerance (one number per tuple member) to the flat layout."""
