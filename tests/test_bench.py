@@ -208,6 +208,7 @@ def test_targets_from_records():
             workload="mlp",
             mode="fixed",
             n_steps=n,
+            n_steps_requested=n,
             rtol=None,
             dtype="float32",
             status="ok",
@@ -221,12 +222,13 @@ def test_targets_from_records():
     records = [
         rec("mali", 10, 100, 1.0),
         rec("mali", 1000, 105, 120.0),
-        rec("direct", 10, 100, 1.0),
-        rec("direct", 1000, 10_000, 100.0),
+        rec("direct", 10, 2_000_000 + 10 * 102_400, 1.0),
+        rec("direct", 1000, 2_000_000 + 1000 * 102_400, 100.0),
     ]
     rows = {t.split(": ", 1)[-1]: (m, ok) for t, m, ok in targets(records)}
     assert rows["mali memory flat (n=1000 within 10% of n=10)"][1] is True
     assert rows["direct memory grows linearly"][1] is True
+    assert "100 KiB per step" in rows["direct memory grows linearly"][0]
     assert rows["mali time <= 1.4x direct"][1] is True
     records[1]["peak_memory_bytes"] = 200
     rows = {t.split(": ", 1)[-1]: ok for t, _, ok in targets(records)}

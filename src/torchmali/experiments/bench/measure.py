@@ -312,7 +312,8 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
         "peer_method": runner.peer_method(case) if case.library != "torchmali" else None,
         "status": "ok",
         "note": note,
-        "n_steps": case.n_steps if grid is None else len(grid) - 1,
+        "n_steps": case.n_steps if grid is None else len(grid) - 1,  # accepted
+        "n_steps_requested": case.n_steps,
         "time_s": statistics.median(wall),
         "cpu_time_s": statistics.median(cpu),
         "time_s_repeats": wall,
@@ -345,17 +346,31 @@ def _worker(case: dict, refs: str, conn: Any) -> None:
         conn.close()
 
 
+#: Imported once by the fork server rather than by every worker. The last one is what
+#: ``torch.autograd.grad`` imports on first use (it pulls in sympy: 0.4 s per worker otherwise).
+_PRELOAD = (
+    "torch",
+    "torchmali",
+    "torchdiffeq",
+    "TorchDiffEqPack",
+    __name__,
+    "torch.fx.experimental.symbolic_shapes",
+)
+
+
 def _context() -> Any:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        preload = [
-            m
-            for m in ("torch", "torchmali", "torchdiffeq", "TorchDiffEqPack", __name__)
-            if importlib.util.find_spec(m) is not None
-        ]
-        ctx.set_forkserver_preload(preload)
+        ctx.set_forkserver_preload([m for m in _PRELOAD if _importable(m)])
         return ctx
     return mp.get_context("spawn")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
 
 
 def run_isolated(
