@@ -9,9 +9,10 @@ allocator state, caches or warm-up. In the worker, in this order:
    for this grid);
 2. one forward + backward call on the full batch for the peak memory, the evaluation counts (a
    counting wrapper around the vector field, the same for every library) and the gradient;
-3. ``repeats`` timed calls: wall-clock time (``time_s``, the median, which also discards the first
-   call's cold page faults when ``repeats >= 3``) and process CPU time (``cpu_time_s``, the median;
-   robust when other processes compete for the cores);
+3. ``repeats`` timed calls, more for short ones (until they add up to 0.2 s, at most five times
+   ``repeats``): wall-clock time (``time_s``, the median, which also discards the first call's cold
+   page faults) and process CPU time (``cpu_time_s``, the median; robust when other processes
+   compete for the cores);
 4. the gradient errors against the reference gradients (cached in ``refs/``).
 
 Memory is measured the same way for every library, independently of torchmali's bookkeeping:
@@ -63,6 +64,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 # RSS at once. Timed calls: glibc's own steady state (its adaptive threshold grows to 32 MiB), since
 # mapping every tensor afresh makes small-tensor workloads up to twice slower.
 _MEMORY_MMAP_THRESHOLD, _TIMING_MMAP_THRESHOLD = 16 * 1024, 32 * 1024 * 1024
+#: Short calls are repeated (up to five times ``repeats``) until they add up to this many seconds.
+_MIN_TIMED_S = 0.2
 
 
 class CountingField(nn.Module):
@@ -294,7 +297,7 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
     if isolated:
         _tune_allocator(_TIMING_MMAP_THRESHOLD)
     wall, cpu = [], []
-    for _ in range(case.repeats):
+    while len(wall) < case.repeats or (sum(wall) < _MIN_TIMED_S and len(wall) < 5 * case.repeats):
         sync()
         start, start_cpu = time.perf_counter(), time.process_time()
         call(counted, forward)

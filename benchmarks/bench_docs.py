@@ -1,0 +1,48 @@
+"""Refresh docs/benchmarks.md's figures and print its tables from one ``torchmali bench`` run.
+
+Usage::
+
+    torchmali bench --out results/bench-docs
+    python benchmarks/bench_docs.py results/bench-docs > /tmp/tables.md
+
+copies the run's PNGs to ``docs/figures/`` and prints the machine line, the targets, the
+torchmali / peer ratios and the per-workload tables (largest step count and adaptive runs) in
+markdown, to paste into ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from torchmali.experiments.bench.plots import PLOT_FILES
+from torchmali.experiments.bench.report import ratios, summary_tables, targets, targets_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="the --out directory of a torchmali bench run")
+    args = parser.parse_args()
+    records = json.loads((args.run / "results.json").read_text())
+    meta = json.loads((args.run / "meta.json").read_text())
+    figures = ROOT / "docs" / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for name in PLOT_FILES:
+        shutil.copyfile(args.run / name, figures / name)
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    print(
+        f"`{meta['command']}` on {meta['cpu']} ({meta['cpu_count']} cores, {meta['device']}, "
+        f"{meta['torch_threads']} torch thread per configuration), {meta['platform']}, Python "
+        f"{meta['python']}, {versions}; {meta['date']}, {meta['duration_s']} s.\n"
+    )
+    print("## Targets\n\n" + targets_table(targets(records)) + "\n")
+    print("## torchmali / peer ratios\n\n" + ratios(records) + "\n")
+    print("## Results\n\n" + summary_tables(records, largest_only=True))
+
+
+if __name__ == "__main__":
+    main()
