@@ -37,7 +37,8 @@ def main() -> None:
     print(
         f"`{meta['command']}` on {meta['cpu']} ({meta['cpu_count']} cores, {meta['device']}, "
         f"{meta['torch_threads']} torch thread per configuration), {meta['platform']}, Python "
-        f"{meta['python']}, {versions}; {meta['date']}, {meta['duration_s']} s.\n"
+        f"{meta['python']}, {versions}, commit {meta.get('git_commit')}; {meta['date']}, "
+        f"{meta['duration_s']} s.\n"
     )
     print("## Targets\n\n" + targets_table(targets(records)) + "\n")
     print("## torchmali / peer ratios\n\n" + ratios(records) + "\n")

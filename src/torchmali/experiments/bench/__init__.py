@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -169,6 +170,16 @@ def _meta(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             )
     except OSError:
         pass
+    try:  # the checkout torchmali runs from, if it is one
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
     device = args.device
     if device.startswith("cuda") and torch.cuda.is_available():
         device = torch.cuda.get_device_name(torch.device(device))
@@ -182,6 +193,7 @@ def _meta(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "torch_threads": args.threads or torch.get_num_threads(),
         "device": device,
         "versions": versions,
+        "git_commit": commit or None,
     }
 
 

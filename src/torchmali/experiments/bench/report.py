@@ -125,10 +125,16 @@ def summary_tables(records: Sequence[dict[str, Any]], largest_only: bool = False
     groups = dict.fromkeys((r["workload"], r["dtype"]) for r in records if r["status"] == "ok")
     for workload, dtype in groups:
         recs = _ok(records, workload=workload, dtype=dtype)
-        if largest_only:
-            fixed = [r["n_steps_requested"] for r in recs if r["mode"] == "fixed"]
-            nmax = max(fixed, default=None)
-            recs = [r for r in recs if r["mode"] == "adaptive" or r["n_steps_requested"] == nmax]
+        if largest_only:  # per solver: its largest fixed grid, and every adaptive run
+            nmax: dict[str, int] = {}
+            for r in recs:
+                if r["mode"] == "fixed":
+                    nmax[r["method"]] = max(nmax.get(r["method"], 0), r["n_steps_requested"])
+            recs = [
+                r
+                for r in recs
+                if r["mode"] == "adaptive" or r["n_steps_requested"] == nmax[r["method"]]
+            ]
         recs.sort(
             key=lambda r: (
                 r["mode"] == "adaptive",
