@@ -108,7 +108,9 @@ class RHS:
         self.seed = seed
 
     def time(self, t: float) -> torch.Tensor:
-        return torch.tensor(self.sign * t, dtype=self.structure.dtype, device=self.structure.device)
+        return torch.scalar_tensor(
+            self.sign * t, dtype=self.structure.dtype, device=self.structure.device
+        )
 
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1

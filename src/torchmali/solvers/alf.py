@@ -71,16 +71,21 @@ class ALF(ReversibleSolver):
     def derivative(self, state: torch.Tensor) -> torch.Tensor:
         return state
 
-    def step(self, f: Func, t0: float, h: float, y0: torch.Tensor, state: torch.Tensor):
+    def step(
+        self,
+        f: Func,
+        t0: float,
+        h: float,
+        y0: torch.Tensor,
+        state: torch.Tensor,
+        with_error: bool = True,
+    ):
         v = state
         k = torch.add(y0, v, alpha=0.5 * h)
         u = f(t0 + 0.5 * h, k)
-        if self.eta == 1.0:
-            v1 = torch.add(-v, u, alpha=2.0)
-        else:
-            v1 = torch.add(v, u - v, alpha=2.0 * self.eta)
+        v1 = _two_u_minus(u, v) if self.eta == 1.0 else torch.lerp(v, u, 2.0 * self.eta)
         z1 = torch.add(k, v1, alpha=0.5 * h)
-        error = (u - v) * h
+        error = torch.sub(u, v).mul_(h) if with_error else None
         return StepResult(y1=z1, error=error, state1=v1, dense=None)
 
     def inverse(self, f: Func, t1: float, h: float, y1: torch.Tensor, state1: torch.Tensor):
@@ -91,7 +96,12 @@ class ALF(ReversibleSolver):
         return z0, v0
 
     def reconstruct_velocity(self, u: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-        """``v_in = (v_out − 2η u) / (1 − 2η)`` (``2u − v_out`` for η = 1)."""
+        """``v_in = (v_out − 2η u) / (1 − 2η)``, i.e. ``2u − v_out`` for η = 1."""
         if self.eta == 1.0:
-            return torch.add(-v1, u, alpha=2.0)
-        return torch.add(v1, u, alpha=-2.0 * self.eta) / (1.0 - 2.0 * self.eta)
+            return _two_u_minus(u, v1)
+        return torch.lerp(u, v1, 1.0 / (1.0 - 2.0 * self.eta))  # u + (v_out − u) / (1 − 2η)
+
+
+def _two_u_minus(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``2u − v`` with a single rounding (``2u`` is exact), so η = 1 steps invert to round-off."""
+    return torch.add(v, u, alpha=-2.0).neg_()

@@ -6,7 +6,8 @@ float64 Python times:
 * ``init(f, t0, y0) -> state``: the solver's auxiliary state at the start (for first-same-as-last
   Runge–Kutta methods the derivative ``f(t0, y0)``, for ALF the velocity ``v0``; ``None`` if the
   method carries nothing between steps).
-* ``step(f, t0, h, y0, state) -> StepResult``: one step; it never chooses its own step size.
+* ``step(f, t0, h, y0, state, with_error=True) -> StepResult``: one step; it never chooses its
+  own step size (fixed grids pass ``with_error=False``: no error estimate is computed).
 * ``interpolate(t0, h, y0, step_result, t) -> y(t)`` for solvers with ``dense_output = True``.
 
 A reversible solver adds ``inverse(f, t1, h, y1, state1) -> (y0, state0)``.
@@ -73,8 +74,10 @@ class Solver:
         """Return ``f(t, y)`` at the current point if the state holds it (used for the first step)."""
         return None
 
-    def step(self, f: Func, t0: float, h: float, y0: torch.Tensor, state: Any) -> StepResult:
-        """Advance ``y0`` from ``t0`` to ``t0 + h``."""
+    def step(
+        self, f: Func, t0: float, h: float, y0: torch.Tensor, state: Any, with_error: bool = True
+    ) -> StepResult:
+        """Advance ``y0`` from ``t0`` to ``t0 + h``; skip the error estimate if not ``with_error``."""
         raise NotImplementedError
 
     def interpolate(

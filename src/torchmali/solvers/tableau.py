@@ -88,7 +88,9 @@ class RungeKutta(Solver):
     def derivative(self, state: Any) -> torch.Tensor | None:
         return state
 
-    def step(self, f: Func, t0: float, h: float, y0: torch.Tensor, state: Any) -> StepResult:
+    def step(
+        self, f: Func, t0: float, h: float, y0: torch.Tensor, state: Any, with_error: bool = True
+    ) -> StepResult:
         tab = self.tableau
         ks = [state if state is not None else f(t0, y0)]
         for i in range(1, tab.stages):
@@ -99,7 +101,7 @@ class RungeKutta(Solver):
         else:
             y1 = lincomb(y0, h, tab.b, ks)
         error = None
-        if tab.b_error is not None:
+        if with_error and tab.b_error is not None:
             error = lincomb(torch.zeros_like(y0), h, tab.b_error, ks)
         if tab.fsal:
             state1 = ks[-1]
