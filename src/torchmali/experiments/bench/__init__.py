@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark configured by ``args``; 0 if every configuration ran or was skipped."""
     from tqdm.auto import tqdm
 
-    from .measure import run_isolated
+    from .workers import run_isolated
 
     argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else []
     try:
@@ -220,18 +220,18 @@ def run(args: argparse.Namespace) -> int:
     meta = _meta(args, argv)
     records = [make_record(case, {"status": "skipped", "note": note}) for case, note in skipped]
     started = time.perf_counter()
-    bar = tqdm(total=len(cases), desc="bench", unit="config", disable=not sys.stderr.isatty())
+    bar = tqdm(total=2 * len(cases), desc="bench", unit="step", disable=not sys.stderr.isatty())
 
-    def on_result(case: Case, result: dict[str, Any]) -> None:
+    def progress(n: int, label: str) -> None:
+        bar.set_postfix_str(label, refresh=False)
+        bar.update(n)
+
+    results = run_isolated(cases, out / "refs", args.timeout, progress)
+    bar.close()
+    for case, result in zip(cases, results, strict=True):
         records.append(make_record(case, result))
         if result.get("status") == "error":
-            tqdm.write(f"error in {case.label()}: {result.get('note')}", file=sys.stderr)
-        bar.set_postfix_str(case.label(), refresh=False)
-        bar.update()
-        write_results(records, out)  # partial results survive an interruption
-
-    run_isolated(cases, out / "refs", args.timeout, on_result)
-    bar.close()
+            print(f"error in {case.label()}: {result.get('note')}", file=sys.stderr)
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     write_results(records, out)
     plot(records, out)

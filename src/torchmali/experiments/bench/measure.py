@@ -1,32 +1,27 @@
-"""Measuring one configuration in a fresh process: memory, time, evaluations, gradient errors.
+"""Measuring one configuration's memory, evaluations and gradient errors (in a fresh process).
 
-Each configuration runs in a process of its own, forked from a server that has imported torch and
-the libraries but run nothing (``multiprocessing``'s ``forkserver``), so configurations share no
-allocator state, caches or warm-up. In the worker, in this order:
+In the worker, in this order (the timing is done separately, see
+:mod:`~torchmali.experiments.bench.timing`):
 
 1. warm-up: a short solve on the full batch (lazy initialisation, kernels for these shapes), then
    the full grid on one sample (per-step Python objects and interpreter caches grow to their size
    for this grid);
 2. one forward + backward call on the full batch for the peak memory, the evaluation counts (a
    counting wrapper around the vector field, the same for every library) and the gradient;
-3. ``repeats`` timed calls, more for short ones (until they add up to 0.2 s, at most five times
-   ``repeats``): wall-clock time (``time_s``, the median, which also discards the first call's cold
-   page faults) and process CPU time (``cpu_time_s``, the median; robust when other processes
-   compete for the cores);
-4. the gradient errors against the reference gradients (cached in ``refs/``).
+3. the gradient errors against the reference gradients (cached in ``refs/``).
 
 Memory is measured the same way for every library, independently of torchmali's bookkeeping:
 
 * CUDA: ``torch.cuda.max_memory_allocated()`` during the call minus the memory allocated just
   before it (peak statistics reset first).
 * CPU (Linux): the peak resident set size (``VmHWM``) during the call minus the resident set size
-  just before it. Until the memory call is over the worker serves every allocation of 16 KiB or
-  more by its own mapping (glibc's ``mallopt``), so a freed tensor leaves the RSS at once and the
-  peak follows the live tensors rather than the heap's fragmentation (which otherwise makes it vary
-  by tens of percent from run to run); before the call it returns its free heap to the OS
-  (``malloc_trim``) and resets its peak RSS (writing ``5`` to ``/proc/self/clear_refs``). What
-  remains is a floor of some hundred KiB (the interpreter's small objects). Elsewhere the
-  high-water mark ``ru_maxrss`` is used, exact only when the call is the largest so far.
+  just before it. The worker serves every allocation of 16 KiB or more by its own mapping (glibc's
+  ``mallopt``), so a freed tensor leaves the RSS at once and the peak follows the live tensors
+  rather than the heap's fragmentation (which otherwise makes it vary by tens of percent from run
+  to run); before the call it returns its free heap to the OS (``malloc_trim``) and resets its peak
+  RSS (writing ``5`` to ``/proc/self/clear_refs``). What remains is a floor of some hundred KiB (the
+  interpreter's small objects). Elsewhere the high-water mark ``ru_maxrss`` is used, exact only
+  when the call is the largest so far.
 """
 
 from __future__ import annotations
@@ -36,14 +31,9 @@ import ctypes.util
 import dataclasses
 import gc
 import importlib.util
-import multiprocessing as mp
-import os
 import resource
-import statistics
 import sys
-import time
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +44,15 @@ from .plan import Case
 from .runners import RUNNERS
 from .workloads import T0, T1, WORKLOADS, Problem, build_problem, gradient_vector
 
-__all__ = ["CountingField", "measure", "run_isolated"]
+__all__ = ["CountingField", "measure", "short_case", "tune_allocator"]
 
 #: Tolerances of the continuous-time reference gradient (float64 dopri5).
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-10, 1e-12
 _libc = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-# Memory call: every tensor of 16 KiB or more in its own mapping, so that a freed tensor leaves the
-# RSS at once. Timed calls: glibc's own steady state (its adaptive threshold grows to 32 MiB), since
-# mapping every tensor afresh makes small-tensor workloads up to twice slower.
-_MEMORY_MMAP_THRESHOLD, _TIMING_MMAP_THRESHOLD = 16 * 1024, 32 * 1024 * 1024
-#: Short calls are repeated (up to five times ``repeats``) until they add up to this many seconds.
-_MIN_TIMED_S = 0.2
+#: Memory call: every tensor of 16 KiB or more in its own mapping, so that a freed tensor leaves
+#: the RSS at once.
+MEMORY_MMAP_THRESHOLD = 16 * 1024
 
 
 class CountingField(nn.Module):
@@ -143,15 +130,6 @@ class _PeakCUDA:
     def peak(self) -> int:
         torch.cuda.synchronize(self.device)
         return torch.cuda.max_memory_allocated(self.device) - self.base
-
-
-def _tune_allocator(mmap_threshold: int) -> None:
-    """Serve every allocation of ``mmap_threshold`` bytes or more by its own mapping, returned to
-    the OS when freed; trim the heap when ``2 * mmap_threshold`` bytes are free at its top (glibc
-    only; this also turns off glibc's adaptive threshold)."""
-    if _libc is not None:
-        _libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-        _libc.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold)
 
 
 def _rel_error(g: torch.Tensor, ref: torch.Tensor | None) -> float | None:
@@ -242,6 +220,22 @@ def _references(
     return out, note
 
 
+def short_case(case: Case) -> Case:
+    """The case on a short grid (or a loose tolerance): a cheap warm-up with the same shapes."""
+    if case.n_steps is not None:
+        return dataclasses.replace(case, n_steps=2 * WORKLOADS[case.workload].n_outputs)
+    return dataclasses.replace(case, rtol=1e-1, atol=1e-1)
+
+
+def tune_allocator(mmap_threshold: int) -> None:
+    """Serve every allocation of ``mmap_threshold`` bytes or more by its own mapping, returned to
+    the OS when freed; trim the heap when ``2 * mmap_threshold`` bytes are free at its top (glibc
+    only; this also turns off glibc's adaptive threshold)."""
+    if _libc is not None:
+        _libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+        _libc.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold)
+
+
 def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
     """Measure one configuration in the current process.
 
@@ -252,11 +246,11 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
             (see the module docstring). Without it the memory figure is only indicative.
 
     Returns:
-        The record: the case's fields, then ``time_s``, ``peak_memory_bytes``, ``nfe_forward``,
-        ``nfe_backward``, the gradient errors, torchmali's own statistics where it has them.
+        The record without the timing: the case's fields, then ``peak_memory_bytes``,
+        ``nfe_forward``, ``nfe_backward``, the gradient errors, torchmali's own statistics.
     """
     if isolated:
-        _tune_allocator(_MEMORY_MMAP_THRESHOLD)
+        tune_allocator(MEMORY_MMAP_THRESHOLD)
         if case.threads:
             torch.set_num_threads(case.threads)
     runner = RUNNERS[(case.library, case.gradient)]
@@ -276,34 +270,16 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
         prob.loss(ys).backward()
         return nfe_forward, counter.calls - nfe_forward, info
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     # Warm-up: a short solve on the full batch (lazy initialisation, kernels for these shapes),
     # then the full grid on one sample (per-step Python objects and the interpreter's caches grow
     # to their size for this grid).
-    if case.n_steps is not None:
-        short = dataclasses.replace(case, n_steps=2 * WORKLOADS[case.workload].n_outputs)
-    else:
-        short = dataclasses.replace(case, rtol=1e-1, atol=1e-1)
-    call(counted, runner.prepare(counted, short))
+    call(counted, runner.prepare(counted, short_case(case)))
     one = counted.subset(1)
     call(one, runner.prepare(one, case))
     meter.start()
     nfe_forward, nfe_backward, info = call(counted, forward)
     peak = meter.peak()
     grad = gradient_vector(problem)
-    if isolated:
-        _tune_allocator(_TIMING_MMAP_THRESHOLD)
-    wall, cpu = [], []
-    while len(wall) < case.repeats or (sum(wall) < _MIN_TIMED_S and len(wall) < 5 * case.repeats):
-        sync()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        call(counted, forward)
-        sync()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
     del forward
     stats, grid = info.get("stats"), info.get("grid")
 
@@ -317,9 +293,6 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
         "note": note,
         "n_steps": case.n_steps if grid is None else len(grid) - 1,  # accepted
         "n_steps_requested": case.n_steps,
-        "time_s": statistics.median(wall),
-        "cpu_time_s": statistics.median(cpu),
-        "time_s_repeats": wall,
         "peak_memory_bytes": int(peak),
         "memory_method": meter.method,
         "nfe_forward": nfe_forward,
@@ -330,85 +303,4 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
         "reported_nfe_backward": getattr(stats, "nfe_backward", None),
         "drift": getattr(stats, "drift", None),
         "recomputed_steps": getattr(stats, "recomputed_steps", None),
-        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-
-
-def _worker(case: dict, refs: str, conn: Any) -> None:
-    try:
-        conn.send(measure(Case(**case), Path(refs), isolated=True))
-    except BaseException as exc:  # report every failure to the parent, never hang it
-        conn.send(
-            {
-                "status": "error",
-                "note": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            }
-        )
-    finally:
-        conn.close()
-
-
-#: Imported once by the fork server rather than by every worker. The last one is what
-#: ``torch.autograd.grad`` imports on first use (it pulls in sympy: 0.4 s per worker otherwise).
-_PRELOAD = (
-    "torch",
-    "torchmali",
-    "torchdiffeq",
-    "TorchDiffEqPack",
-    __name__,
-    "torch.fx.experimental.symbolic_shapes",
-)
-
-
-def _context() -> Any:
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([m for m in _PRELOAD if _importable(m)])
-        return ctx
-    return mp.get_context("spawn")
-
-
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a missing parent package
-        return False
-
-
-def run_isolated(
-    cases: Iterable[Case],
-    refs: Path,
-    timeout: float,
-    on_result: Callable[[Case, dict[str, Any]], None],
-) -> None:
-    """Measure every case in a process of its own, one after another.
-
-    Args:
-        cases: the configurations.
-        refs: directory of the cached reference gradients.
-        timeout: seconds after which a configuration is killed and reported as an error.
-        on_result: called with each case and its record (``status`` ``ok`` or ``error``).
-    """
-    ctx = _context()
-    for case in cases:
-        started = time.perf_counter()
-        receiver, sender = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, args=(case.to_dict(), str(refs), sender), daemon=True)
-        proc.start()
-        sender.close()
-        try:
-            if receiver.poll(timeout):
-                result = receiver.recv()
-            else:
-                result = {"status": "error", "note": f"timed out after {timeout:g} s"}
-        except EOFError:
-            result = {"status": "error", "note": "the worker process died"}
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        if result.get("status") == "error" and proc.exitcode not in (0, None):
-            result["note"] += f" (exit code {proc.exitcode})"
-        result["duration_s"] = round(time.perf_counter() - started, 3)
-        on_result(case, result)
