@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .workers import run_isolated
 
-    argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else []
+    # The command as typed (from the console script or python -m torchmali), for the report.
+    argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else ["(from Python)"]
     try:
         cases, skipped = build_plan(args)
     except ValueError as exc:
@@ -234,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"error in {case.label()}: {result.get('note')}", file=sys.stderr)
     meta["duration_s"] = round(time.perf_counter() - started, 1)
     write_results(records, out)
-    plot(records, out)
+    try:
+        plot(records, out)
+        plots = PLOT_FILES
+    except ImportError:  # matplotlib comes with the [experiments] extra
+        print("no plots: matplotlib is not installed (pip install 'torchmali[experiments]')")
+        plots = ()
     checks = targets(records)
     notes = sorted(
         {
@@ -263,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n{len(records) - len(skipped) - len(errors)} configurations measured, "
         f"{len(skipped)} skipped, {len(errors)} failed in {meta['duration_s']} s; "
-        f"results in {out} ({', '.join(('results.json', 'results.csv', *PLOT_FILES))}, "
+        f"results in {out} ({', '.join(('results.json', 'results.csv', *plots))}, "
         "summary.md)"
     )
     return 1 if errors else 0
