@@ -365,3 +365,14 @@ def test_underflow_long_after_a_nan_is_not_blamed_on_it(monkeypatch, f64):
         )
     # Steps 0.02 * 0.9^k sum to 0.2: the solve stalls just before t = 0.2.
     assert info.value.t == pytest.approx(0.2, abs=1e-12)
+
+
+def test_float32_output_times_make_no_sliver_steps():
+    """0.6 in float32 is ~2e-8 from 60 * 0.01: it replaces that grid point, no 2e-8-long step."""
+    t = torch.tensor([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    sol = torchmali.solve(
+        lambda t, y: -y, torch.ones(2), t, method="alf", options={"step_size": 0.01}
+    )
+    assert sol.stats.n_accepted == 100
+    assert float(torch.diff(sol.ts).min()) > 0.5 * 0.01
+    assert torch.equal(sol.ts[torch.isin(sol.ts, t.double())], t.double())
