@@ -55,6 +55,21 @@ class Task:
         """The model; it must have an ``ode_blocks`` property listing its ODE blocks."""
         raise NotImplementedError
 
+    def ode_kwargs(self) -> dict[str, Any]:
+        """The solver settings of every ODE block, from the command line (``--method``,
+        ``--gradient``, ``--rtol``, ``--atol``, ``--step-size``, ``--eta``)."""
+        a = self.args
+        options = {"step_size": a.step_size} if a.step_size else {}
+        if a.eta is not None:
+            options["eta"] = a.eta
+        return {
+            "method": a.method,
+            "gradient": a.gradient,
+            "rtol": a.rtol,
+            "atol": a.atol,
+            "options": options or None,
+        }
+
     def num_train(self) -> int:
         """Number of training examples (indices passed to :meth:`batch_loss` lie below it)."""
         raise NotImplementedError

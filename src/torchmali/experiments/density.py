@@ -83,9 +83,6 @@ class DensityTask(Task):
 
     def build(self) -> nn.Module:
         a = self.args
-        options = {"step_size": a.step_size} if a.step_size else {}
-        if a.eta is not None:
-            options["eta"] = a.eta
         dim = self.xtr.shape[1]
         return CNF(
             dim,
@@ -96,11 +93,7 @@ class DensityTask(Task):
             noise=a.noise,
             kinetic=a.kinetic,
             jacobian=a.jacobian,
-            method=a.method,
-            gradient=a.gradient,
-            rtol=a.rtol,
-            atol=a.atol,
-            options=options or None,
+            **self.ode_kwargs(),
         )
 
     def num_train(self) -> int:

@@ -85,16 +85,7 @@ class ImageTask(Task):
 
     def build(self) -> nn.Module:
         a = self.args
-        options = {"step_size": a.step_size} if a.step_size else {}
-        if a.eta is not None:
-            options["eta"] = a.eta
-        ode = {
-            "method": a.method,
-            "gradient": a.gradient,
-            "rtol": a.rtol,
-            "atol": a.atol,
-            "options": options or None,
-        }
+        ode = self.ode_kwargs()
         preset = (
             a.model if a.model != "auto" else ("small" if self.dataset == "digits" else "resnet18")
         )

@@ -88,9 +88,6 @@ class TimeSeriesTask(Task):
 
     def build(self) -> nn.Module:
         a = self.args
-        options = {"step_size": a.step_size} if a.step_size else {}
-        if a.eta is not None:
-            options["eta"] = a.eta
         return LatentODE(
             self.train.x.shape[-1],
             latent_dim=a.latent_dim,
@@ -98,11 +95,7 @@ class TimeSeriesTask(Task):
             ode_hidden=a.hidden,
             dec_hidden=a.hidden,
             encoder=a.encoder,
-            method=a.method,
-            gradient=a.gradient,
-            rtol=a.rtol,
-            atol=a.atol,
-            options=options or None,
+            **self.ode_kwargs(),
         )
 
     def num_train(self) -> int:
