@@ -17,7 +17,7 @@ from torch import nn
 from ._loop import Problem
 from ._options import Options
 from ._solution import Solution, SolveStats
-from ._tree import RHS, Structure
+from ._tree import RHS, Structure, module_of
 from .gradients import resolve
 from .gradients.base import GradientMethod
 from .solvers import ALF, SOLVERS
@@ -205,12 +205,10 @@ def _params(func, params, grad: GradientMethod) -> tuple[torch.Tensor, ...]:
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
         return tuple(p for p in params if p.requires_grad)
-    if isinstance(func, nn.Module):
-        return tuple(p for p in func.parameters() if p.requires_grad)
+    module = module_of(func)
+    if module is not None:
+        return tuple(p for p in module.parameters() if p.requires_grad)
     if grad.name != "direct":
-        owner = getattr(func, "__self__", None)
-        if isinstance(owner, nn.Module):
-            return tuple(p for p in owner.parameters() if p.requires_grad)
         captured = _captured_trainables(func)
         if captured:
             raise ValueError(
@@ -228,8 +226,8 @@ def _rng_seed(func) -> int | None:
     solve), so recomputation in a backward pass (checkpoint, binomial, mali) sees the masks of
     the forward pass. One number is drawn from the global RNG per solve.
     """
-    module = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
-    if not isinstance(module, nn.Module):
+    module = module_of(func)
+    if module is None:
         return None
     if not any(isinstance(m, _DROPOUT) and m.training and m.p > 0 for m in module.modules()):
         return None

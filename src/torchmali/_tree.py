@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ class Structure:
                 for v, n in zip(values, self.numels, strict=True)
             ]
         )
+
+
+def module_of(func: Callable) -> nn.Module | None:
+    """The ``nn.Module`` behind ``func``: itself, or the owner of a bound method; else ``None``."""
+    module = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
+    return module if isinstance(module, nn.Module) else None
 
 
 class RHS:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from .._loop import Problem, StepRecord
 from .._solution import SolveStats
+from .._tree import module_of
 from .base import GradientMethod
 
 
@@ -83,8 +83,8 @@ def preserve_buffers(func: Any) -> Iterator[None]:
     direct backpropagation would; re-evaluating ``func`` in a backward pass must not update them
     a second time.
     """
-    module = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
-    if not isinstance(module, nn.Module):
+    module = module_of(func)
+    if module is None:
         yield
         return
     saved = [(b, b.detach().clone()) for b in module.buffers()]
