@@ -25,9 +25,10 @@ class SolveStats:
             the other methods, plus the step record.
         drift: ``mali`` only: relative error of the reconstructed ``(z0, v0)`` against the stored
             ones, measured at the end of the backward pass.
-        parasitic: ``mali`` only: ``|v_N − f(t_N, z_N)| / |f(t_N, z_N)|`` at the end of the solve,
-            the size of ALF's parasitic (sign-alternating) mode relative to the true derivative:
-            about ``h²`` on healthy solves, above 1 when ALF blows up on dissipative dynamics.
+        parasitic: ``mali`` only: ``|v_N − f̂| / |f̂|`` at the end of the solve, where ``f̂`` is
+            ``f(t_N, z_N)`` extrapolated from the last two evaluations: the size of ALF's
+            parasitic (sign-alternating) mode relative to the derivative, about ``h²`` on healthy
+            solves, above 1 when ALF blows up on dissipative dynamics.
         recomputed_steps: ``binomial`` only: steps recomputed without graph in the backward pass.
         optimal_recomputed_steps: ``binomial`` only: the binomial-checkpointing optimum for this
             number of steps and checkpoints.

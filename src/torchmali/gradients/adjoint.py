@@ -17,6 +17,7 @@ from .._tree import RHS, Structure
 from ..solvers import ALF, SOLVERS
 from ..solvers.base import Solver
 from ..step_size import Tolerance, rms_norm
+from ._backward import engine_grad
 from .base import GradientMethod, register
 
 _NORMS = ("mixed", "seminorm")
@@ -251,7 +252,7 @@ class _AugmentedRHS(RHS):
             fz = self.f(-t, z)
             inputs = (z, *self.params)
             if fz.requires_grad:
-                vjps = torch.autograd.grad(fz, inputs, a, allow_unused=True)
+                vjps = engine_grad((fz,), inputs, (a,))
             else:
                 vjps = (None,) * len(inputs)
         parts = [-fz.detach().reshape(-1)]

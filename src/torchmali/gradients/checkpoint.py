@@ -12,6 +12,7 @@ from ._backward import (
     Context,
     FunctionMethod,
     add_into,
+    engine_grad,
     output_cotangents,
     preserve_buffers,
     refuse_double_backward,
@@ -104,7 +105,7 @@ class Adjoint:
         with torch.enable_grad():
             y_in = y0.detach().requires_grad_(True)
             state0 = problem.init(y_in)
-        grads = torch.autograd.grad(state0, (y_in, *params), self.state, allow_unused=True)
+        grads = engine_grad((state0,), (y_in, *params), (self.state,))
         add_into(
             self.params,
             [
@@ -144,7 +145,7 @@ def step_vjp(
             outs.append(y_k)
             cots.append(grad_out[k])
     inputs = (y_in, s_in, *params) if has_state else (y_in, *params)
-    grads = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
+    grads = engine_grad(outs, inputs, cots)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
     adj.y = grads[0]
     if has_state:

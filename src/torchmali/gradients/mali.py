@@ -10,11 +10,11 @@ from typing import Literal
 import torch
 
 from .._loop import integrate
+from .._tree import module_of
 from ..solvers.alf import ALF
 from ._backward import (
     Context,
     FunctionMethod,
-    add_into,
     output_cotangents,
     preserve_buffers,
     refuse_double_backward,
@@ -33,10 +33,11 @@ class ReconstructionDriftWarning(RuntimeWarning):
 class Mali(FunctionMethod):
     """MALI (Zhuang et al., ICLR 2021): exact gradients at constant memory with ALF.
 
-    The forward pass runs under ``no_grad`` and keeps only the final ``(z, v)``, the initial
-    ``v0`` and the accepted time points. The backward pass walks the grid in reverse, rebuilds
-    every step with ALF's exact algebraic inverse and differentiates it locally — fused: one
-    evaluation of ``func`` (with graph) and one vector–Jacobian product per step.
+    The forward pass runs under ``no_grad`` and keeps only the final ``(z, v)``, the
+    initial ``v0`` (with the graph of its one evaluation, unless ``func`` has buffers) and the
+    accepted time points. The backward pass walks the grid in reverse, rebuilds every step with
+    ALF's exact algebraic inverse and differentiates it locally — fused: one evaluation of
+    ``func`` (with graph) and one vector–Jacobian product per step, and nothing else.
 
     Gradient: equal to direct backpropagation through the same ALF grid up to reconstruction
     round-off. Memory: ``N_z (N_f + 1)`` plus ``N_t`` floats — constant in the number of steps.
@@ -51,7 +52,8 @@ class Mali(FunctionMethod):
 
     The same check catches ALF's instability on dissipative dynamics (``eta = 1``), where the
     reversal stays exact but the forward solution is swamped by the parasitic mode: the final
-    velocity ``v_N`` then disagrees with ``f(t_N, z_N)``; the relative gap is reported in
+    velocity ``v_N`` then disagrees with ``f(t_N, z_N)`` (extrapolated from the backward pass's
+    last two evaluations, at no extra cost); the relative gap is reported in
     ``SolveStats.parasitic`` and compared with ``parasitic_tol``.
 
     Args:
@@ -111,13 +113,22 @@ class _MaliFunction(torch.autograd.Function):
             if cfg.checkpoint_every and i and i % cfg.checkpoint_every == 0:
                 checkpoints[i] = (y, v)
 
+        # v0 = f(t0, z0) keeps its graph (one evaluation's activations): the backward pass
+        # then needs only its vector-Jacobian product, not a second evaluation. Not with
+        # buffers (BatchNorm): the sweep updates them in place, which that graph forbids.
+        module = module_of(problem.f.func)
+        keep = module is None or next(module.buffers(), None) is None
+        with torch.set_grad_enabled(keep):
+            z0_in = y0.detach().requires_grad_(keep)
+            v0_graph = problem.init(z0_in)
+        v0 = v0_graph.detach()
+        # Not inference_mode: func may differentiate internally (a CNF's divergence).
         with torch.no_grad():
-            v0 = problem.init(y0)
             outputs, zN, vN, record = integrate(problem, y0, v0, on_step)
         holder["record"] = record
         ctx.c, ctx.record, ctx.checkpoints = c, record, checkpoints
         ctx.final = (zN, vN)
-        ctx.v0 = v0
+        ctx.v0, ctx.v0_graph = v0, (z0_in, v0_graph) if keep else None
         ctx.save_for_backward(y0, *params)
         kept = [zN, vN, v0, *(t for pair in checkpoints.values() for t in pair)]
         c.stats.memory_bytes = tensor_bytes(kept) + 8 * len(record.ts)
@@ -131,50 +142,97 @@ class _MaliFunction(torch.autograd.Function):
         f, solver = problem.f, problem.solver
         y0, *params = ctx.saved_tensors
         nfe_start = f.nfe
-        two_eta = 2.0 * solver.eta
+        eta = solver.eta
+        ts, checkpoints = record.ts, ctx.checkpoints
         cot = output_cotangents(grad_out, record.out_steps)
         z, v = ctx.final
+        n = record.n_steps
+        # η = 1: v_in = 2u − v_out is stored with alternating sign (velocity = sign * v), one
+        # kernel per step and still a single rounding.
+        undamped, sign = eta == 1.0, 1.0
         a_z = torch.zeros_like(z)
-        a_v = torch.zeros_like(v)
         g_params = [torch.zeros_like(p) for p in params]
-        drift = 0.0
+        # cu: the cotangent of the step's evaluation u, 2η (a_v + h/2 a_z). Between steps,
+        # a_v_in = (1 − 2η) a_v_out' + h/2 a_z, so cu_i = (1 − 2η) cu_{i+1} + η (h_{i+1} + h_i) a_z.
+        cu, h_next = None, 0.0
+        drift, parasitic, u_last = 0.0, 0.0, None
         with preserve_buffers(f.func):
-            with torch.no_grad():
-                parasitic = _relative(v, f(record.ts[-1], z))
-            for i in range(record.n_steps - 1, -1, -1):
-                if i + 1 in ctx.checkpoints:
-                    z_ck, v_ck = ctx.checkpoints[i + 1]
-                    drift = max(drift, _relative_drift(z, v, z_ck, v_ck))
-                    z, v = z_ck, v_ck
-                if i in cot:
-                    a_z = a_z + cot[i]
-                h = record.h(i)
-                k = torch.add(z, v, alpha=-0.5 * h)
+            for i in range(n - 1, -1, -1):
+                if i + 1 in checkpoints:
+                    z_ck, v_ck = checkpoints[i + 1]
+                    drift = max(drift, _relative_drift(z, _signed(v, sign), z_ck, v_ck))
+                    z, v, sign = z_ck, v_ck, 1.0
+                h = ts[i + 1] - ts[i]
+                if cu is None:
+                    if i in cot:
+                        a_z.add_(cot[i])
+                    cu = torch.mul(a_z, eta * h)
+                elif i in cot:
+                    cu.mul_(1.0 - 2.0 * eta).add_(a_z, alpha=eta * h_next)
+                    a_z.add_(cot[i])
+                    cu.add_(a_z, alpha=eta * h)
+                else:
+                    cu.mul_(1.0 - 2.0 * eta).add_(a_z, alpha=eta * (h_next + h))
+                k = torch.add(z, v, alpha=-0.5 * h * sign)
                 with torch.enable_grad():
                     k_in = k.detach().requires_grad_(True)
-                    u = f(record.ts[i] + 0.5 * h, k_in)
-                v = solver.reconstruct_velocity(u.detach(), v)
-                z = torch.add(k, v, alpha=-0.5 * h)
-                g = torch.add(a_v, a_z, alpha=0.5 * h)
-                k_bar, *p_bar = vjp(u, (k_in, *params), g * two_eta)
-                add_into(g_params, p_bar)
-                a_z = a_z + k_bar
-                a_v = torch.add(g * (1.0 - two_eta), a_z, alpha=0.5 * h)
+                    u = f(ts[i] + 0.5 * h, k_in)
+                u_value = u.detach()
+                if i == n - 1:
+                    u_last = u_value.clone()  # k is updated in place below
+                elif i == n - 2:
+                    parasitic = _parasitic(ctx.final[1], u_last, u_value, ts)
+                if undamped:
+                    v, sign = torch.add(v, u_value, alpha=-2.0 * sign), -sign
+                else:
+                    v = solver.reconstruct_velocity(u_value, v)
+                k_bar, *p_bar = vjp(u, (k_in, *params), cu)
+                _accumulate(g_params, p_bar)
+                a_z.add_(k_bar)
+                z = k.add_(v, alpha=-0.5 * h * sign)
+                h_next = h
+            v = _signed(v, sign)
             drift = max(drift, _relative_drift(z, v, y0, ctx.v0))
-            # v0 = f(t0, z0) depends on z0 and the parameters.
-            with torch.enable_grad():
-                z0_in = y0.detach().requires_grad_(True)
-                v0 = problem.init(z0_in)
-            z_bar, *p_bar = vjp(v0, (z0_in, *params), a_v)
-        add_into(g_params, p_bar)
-        grad_y0 = a_z + z_bar
+            if ctx.v0_graph is None:
+                with torch.enable_grad():
+                    z0_in = y0.detach().requires_grad_(True)
+                    v0_graph = problem.init(z0_in)
+            else:
+                z0_in, v0_graph = ctx.v0_graph
+            # the adjoint of v0: (1 − 2η) a_v_out' + h_0/2 a_z = cu_0 (1 − 2η) / (2η) + h_0/2 a_z
+            if cu is None:
+                a_v0 = torch.zeros_like(a_z)
+            else:
+                a_v0 = cu.mul_((1.0 - 2.0 * eta) / (2.0 * eta)).add_(a_z, alpha=0.5 * h_next)
+            z_bar, *p_bar = vjp(v0_graph, (z0_in, *params), a_v0, retain_graph=True)
+        _accumulate(g_params, p_bar)
+        grad_y0 = a_z.add_(z_bar)
         if -1 in cot:
-            grad_y0 = grad_y0 + cot[-1]
+            grad_y0 = grad_y0.add_(cot[-1])
         c.stats.nfe_backward += f.nfe - nfe_start
         c.stats.drift = drift
         c.stats.parasitic = parasitic
         _check_drift(cfg, drift, parasitic)
         return (None, None, grad_y0, *g_params)
+
+
+def _signed(v: torch.Tensor, sign: float) -> torch.Tensor:
+    return v if sign > 0 else -v
+
+
+def _accumulate(acc: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    if acc:
+        torch._foreach_add_(acc, grads)
+
+
+def _parasitic(
+    v_n: torch.Tensor, u_n: torch.Tensor, u_prev: torch.Tensor, ts: list[float]
+) -> float:
+    """``|v_N − f̂| / |f̂|`` with ``f̂ ≈ f(t_N, z_N)`` extrapolated linearly from the last two
+    midpoint evaluations (no extra evaluation; the error of ``f̂`` is ``O(h²)``)."""
+    h_n, h_prev = ts[-1] - ts[-2], ts[-2] - ts[-3]
+    f_hat = torch.add(u_n, u_n - u_prev, alpha=h_n / (h_n + h_prev))
+    return _relative(v_n, f_hat)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
