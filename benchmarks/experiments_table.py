@@ -3,12 +3,16 @@
 Usage: python benchmarks/experiments_table.py [RESULTS_DIR]   (default results/train)
 
 Every run directory ``TASK-GRADIENT`` (or ``TASK-GRADIENT-seedS``) written by
-``torchmali train TASK --gradient GRADIENT --out DIR`` becomes one row.
+``torchmali train TASK --gradient GRADIENT --out DIR`` becomes one row. Runs that differ only in
+their ``-seedS`` suffix are also summarised per gradient method: the metric of every seed, its
+mean, standard deviation and median.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -73,7 +77,32 @@ def main(argv: list[str]) -> int:
                 f"{f.get('nfe_forward_per_batch', 0):.0f} + {f.get('nfe_backward_per_batch', 0):.0f}",
             ]
             print("| " + " | ".join(cells) + " |")
+        seed_summary(task, runs)
     return 0
+
+
+def seed_summary(task: str, runs: list) -> None:
+    """Per ``(run prefix, gradient)`` with two or more seeds: the main metric over the seeds."""
+    key = METRICS[task][-1] if task == "timeseries" else METRICS[task][0]
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for name, m in runs:
+        match = re.fullmatch(r"(.+)-seed(\d+)", name)
+        value = m["final"].get(key)
+        if match and value is not None:
+            groups.setdefault(match.group(1), []).append((int(match.group(2)), value))
+    groups = {g: sorted(v) for g, v in groups.items() if len(v) >= 2}
+    if not groups:
+        return
+    print(f"\n{key} over seeds:\n")
+    print("| runs | seeds | per seed | mean | std | median |")
+    print("|---|---|---|---|---|---|")
+    for group, values in sorted(groups.items()):
+        xs = [v for _, v in values]
+        print(
+            f"| {group}-seedS | {', '.join(str(s) for s, _ in values)} | "
+            f"{' / '.join(fmt(x, key) for x in xs)} | {fmt(statistics.mean(xs), key)} | "
+            f"{fmt(statistics.stdev(xs), key)} | {fmt(statistics.median(xs), key)} |"
+        )
 
 
 if __name__ == "__main__":

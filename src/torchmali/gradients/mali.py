@@ -41,7 +41,7 @@ class Mali(FunctionMethod):
 
     Gradient: equal to direct backpropagation through the same ALF grid up to reconstruction
     round-off. Memory: ``N_z (N_f + 1)`` plus ``N_t`` floats — constant in the number of steps.
-    Cost: about one extra evaluation of ``func`` per step compared with direct backpropagation.
+    Cost: one extra evaluation of ``func`` per step compared with direct backpropagation.
     Requires ``method="alf"`` (fixed or adaptive, any ``eta != 0.5``).
 
     Reconstruction drift (the relative difference between the reconstructed ``(z0, v0)`` and the
