@@ -155,12 +155,13 @@ class _MaliFunction(torch.autograd.Function):
         # cu: the cotangent of the step's evaluation u, 2η (a_v + h/2 a_z). Between steps,
         # a_v_in = (1 − 2η) a_v_out' + h/2 a_z, so cu_i = (1 − 2η) cu_{i+1} + η (h_{i+1} + h_i) a_z.
         cu, h_next = None, 0.0
-        drift, parasitic, u_last = 0.0, 0.0, None
+        drift, u_last = 0.0, None
+        gaps: list[torch.Tensor] = []  # (numerator, denominator) norms, read with one sync
         with preserve_buffers(f.func):
             for i in range(n - 1, -1, -1):
                 if i + 1 in checkpoints:
                     z_ck, v_ck = checkpoints[i + 1]
-                    drift = max(drift, _relative_drift(z, _signed(v, sign), z_ck, v_ck))
+                    drift = max(drift, _ratios(_gaps(z, _signed(v, sign), z_ck, v_ck)))
                     z, v, sign = z_ck, v_ck, 1.0
                 h = ts[i + 1] - ts[i]
                 if cu is None:
@@ -181,7 +182,7 @@ class _MaliFunction(torch.autograd.Function):
                 if i == n - 1:
                     u_last = u_value.clone()  # k is updated in place below
                 elif i == n - 2:
-                    parasitic = _parasitic(ctx.final[1], u_last, u_value, ts)
+                    gaps += _parasitic_gap(ctx.final[1], u_last, u_value, ts)
                 if undamped:
                     v, sign = torch.add(v, u_value, alpha=-2.0 * sign), -sign
                 else:
@@ -192,7 +193,7 @@ class _MaliFunction(torch.autograd.Function):
                 z = k.add_(v, alpha=-0.5 * h * sign)
                 h_next = h
             v = _signed(v, sign)
-            drift = max(drift, _relative_drift(z, v, y0, ctx.v0))
+            gaps += _gaps(z, v, y0, ctx.v0)
             if ctx.v0_graph is None:
                 with torch.enable_grad():
                     z0_in = y0.detach().requires_grad_(True)
@@ -210,6 +211,9 @@ class _MaliFunction(torch.autograd.Function):
         if -1 in cot:
             grad_y0 = grad_y0.add_(cot[-1])
         c.stats.nfe_backward += f.nfe - nfe_start
+        ratios = _ratios(gaps, reduce=False)
+        drift = max(drift, *ratios[-2:])
+        parasitic = ratios[0] if len(ratios) == 3 else 0.0
         c.stats.drift = drift
         c.stats.parasitic = parasitic
         _check_drift(cfg, drift, parasitic)
@@ -225,23 +229,33 @@ def _accumulate(acc: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         torch._foreach_add_(acc, grads)
 
 
-def _parasitic(
+def _parasitic_gap(
     v_n: torch.Tensor, u_n: torch.Tensor, u_prev: torch.Tensor, ts: list[float]
-) -> float:
-    """``|v_N − f̂| / |f̂|`` with ``f̂ ≈ f(t_N, z_N)`` extrapolated linearly from the last two
+) -> list[torch.Tensor]:
+    """Norms of ``v_N − f̂`` and ``f̂``, ``f̂ ≈ f(t_N, z_N)`` extrapolated linearly from the last two
     midpoint evaluations (no extra evaluation; the error of ``f̂`` is ``O(h²)``)."""
     h_n, h_prev = ts[-1] - ts[-2], ts[-2] - ts[-3]
     f_hat = torch.add(u_n, u_n - u_prev, alpha=h_n / (h_n + h_prev))
-    return _relative(v_n, f_hat)
+    return _gap(v_n, f_hat)
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    d = float(torch.linalg.vector_norm(a - b) / (torch.linalg.vector_norm(b) + 1e-30))
-    return d if math.isfinite(d) else math.inf
+def _gap(a: torch.Tensor, ref: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.linalg.vector_norm(a - ref), torch.linalg.vector_norm(ref)]
 
 
-def _relative_drift(z, v, z_ref, v_ref) -> float:
-    return max(_relative(z, z_ref), _relative(v, v_ref))
+def _gaps(z, v, z_ref, v_ref) -> list[torch.Tensor]:
+    """Norms for the relative differences of ``z`` and ``v`` from their references."""
+    return _gap(z, z_ref) + _gap(v, v_ref)
+
+
+def _ratios(gaps: list[torch.Tensor], reduce: bool = True):
+    """``num / den`` for consecutive pairs of norms, read in one device sync (non-finite: inf)."""
+    values = torch.stack(gaps).double().tolist()
+    ratios = [
+        r if math.isfinite(r := num / (den + 1e-30)) else math.inf
+        for num, den in zip(values[::2], values[1::2], strict=True)
+    ]
+    return max(ratios) if reduce else ratios
 
 
 def _check_drift(cfg: Mali, drift: float, parasitic: float) -> None:
