@@ -86,3 +86,31 @@ def test_series_and_masks() -> None:
     t, xtr, xte = data.membrane_windows()
     assert xtr.shape[1:] == (60, 1) and xte.shape[1:] == (60, 1) and len(xtr) > 3 * len(xte) > 0
     assert abs(float(torch.cat([xtr, xte]).mean())) < 0.5
+
+
+@pytest.mark.parametrize("dataset,pad", [("digits", 1), ("cifar10", 4)])
+def test_image_augmentation_shifts_each_image(dataset: str, pad: int) -> None:
+    """Each image is translated by its own offset of at most ``pad`` pixels (CIFAR-10: maybe
+    flipped); digits are zero-filled, so an image with a blank border keeps its pixels."""
+    from torchmali.experiments.image import ImageTask
+
+    task = ImageTask.__new__(ImageTask)  # only _augment and the dataset name are needed
+    task.dataset = dataset
+    torch.manual_seed(0)
+    x = torch.zeros(64, 3, 12, 12)
+    x[:, :, 5:7, 5:7] = torch.rand(64, 3, 2, 2) + 0.1  # reflected padding stays blank
+    out = task._augment(x)
+    assert out.shape == x.shape
+    offsets = set()
+    for a, b in zip(x, out, strict=True):
+        candidates = [a, a.flip(2)] if dataset == "cifar10" else [a]
+        found = [
+            (di, dj)
+            for c in candidates
+            for di in range(-pad, pad + 1)
+            for dj in range(-pad, pad + 1)
+            if torch.equal(torch.roll(c, (di, dj), (1, 2)), b)
+        ]
+        assert found, "not a translation of the input"
+        offsets.add(found[0])
+    assert len(offsets) > 1  # per image, not one shift for the whole batch

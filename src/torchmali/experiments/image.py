@@ -59,7 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="channels of the first stage (default 32 small / 64 resnet18; quick 8)",
     )
-    p.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR-10 only)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="training-time augmentation: random shifts of up to 1 pixel (digits) or 4-pixel "
+        "crops and horizontal flips (CIFAR-10); default on",
+    )
 
 
 class ImageTask(Task):
@@ -98,15 +104,27 @@ class ImageTask(Task):
         return len(self.xtr)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        flip = torch.rand(x.shape[0], device=x.device) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
-        i, j = (int(v) for v in torch.randint(0, 9, (2,)))
-        return padded[:, :, i : i + x.shape[2], j : j + x.shape[3]]
+        """Random translation of the batch (digits: up to 1 pixel, zero fill; CIFAR-10: up to 4
+        pixels, reflected, and horizontal flips per image). Draws from the global RNG, which the
+        checkpoints save, so a resumed run sees the same shifts."""
+        if self.dataset == "cifar10":
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            pad, mode = 4, "reflect"
+        else:
+            pad, mode = 1, "constant"
+        n, c, h, w = x.shape
+        padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
+        shift = torch.randint(0, 2 * pad + 1, (2, n), device=x.device)  # per image
+        rows = (shift[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (shift[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        channel = torch.arange(c, device=x.device)[None, :, None, None]
+        return padded[batch, channel, rows, cols]
 
     def batch_loss(self, model: nn.Module, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         x, y = self.xtr[idx], self.ytr[idx]
-        if self.args.augment and self.dataset == "cifar10":
+        if self.args.augment:
             x = self._augment(x)
         return F.cross_entropy(model(x), y)
 

