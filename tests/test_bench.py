@@ -245,3 +245,13 @@ def test_targets_from_records():
     records[1]["peak_memory_bytes"] = 200
     rows = {t.split(": ", 1)[-1]: ok for t, _, ok in targets(records)}
     assert rows["mali memory flat (n=1000 within 10% of n=10)"] is False
+
+
+def test_time_ratio_pairs_the_rounds():
+    from torchmali.experiments.bench.report import time_ratio
+
+    # Round 2 was slow for both: pairing by round gives 1.5 throughout; medians alone would not.
+    mine = {"time_s": 3.0, "time_s_repeats": [1.5, 1.5, 30.0, 1.5, 15.0]}
+    ref = {"time_s": 1.0, "time_s_repeats": [1.0, 1.0, 20.0, 1.0, 10.0, 1.0, 1.0]}
+    assert time_ratio(mine, ref) == pytest.approx(1.5)
+    assert time_ratio({"time_s": 3.0}, {"time_s": 2.0}) == pytest.approx(1.5)  # no repeats
