@@ -28,6 +28,7 @@ IMAGE = [
     "mali",
     "--threads",
     "1",
+    "--augment",  # per-example draws: the same in 1 or 2 processes and after a resume
     "--quiet",
     "--no-plots",
     "--device",

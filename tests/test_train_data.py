@@ -91,15 +91,24 @@ def test_series_and_masks() -> None:
 @pytest.mark.parametrize("dataset,pad", [("digits", 1), ("cifar10", 4)])
 def test_image_augmentation_shifts_each_image(dataset: str, pad: int) -> None:
     """Each image is translated by its own offset of at most ``pad`` pixels (CIFAR-10: maybe
-    flipped); digits are zero-filled, so an image with a blank border keeps its pixels."""
+    flipped); digits are zero-filled, so an image with a blank border keeps its pixels. The draws
+    depend on (seed, epoch, example) only."""
+    import argparse
+
     from torchmali.experiments.image import ImageTask
 
-    task = ImageTask.__new__(ImageTask)  # only _augment and the dataset name are needed
+    task = ImageTask.__new__(ImageTask)  # only the augmentation's pieces are needed
     task.dataset = dataset
-    torch.manual_seed(0)
+    task.args = argparse.Namespace(seed=3)
+    task.xtr = torch.zeros(64, 3, 12, 12)
+    task.num_train = lambda: 64
     x = torch.zeros(64, 3, 12, 12)
     x[:, :, 5:7, 5:7] = torch.rand(64, 3, 2, 2) + 0.1  # reflected padding stays blank
-    out = task._augment(x)
+    idx = torch.arange(64)
+    draws = task._draws(idx, epoch=2)
+    assert torch.equal(task._draws(idx[10:20], epoch=2), draws[10:20])  # by example
+    assert not torch.equal(task._draws(idx, epoch=3), draws)  # a new table each epoch
+    out = task._augment(x, draws)
     assert out.shape == x.shape
     offsets = set()
     for a, b in zip(x, out, strict=True):

@@ -25,6 +25,7 @@ DEFAULTS = {
     "rtol": 1e-3,
     "atol": 1e-4,
     "width": 32,
+    "augment": True,
 }
 QUICK = {
     "epochs": 3,
@@ -36,6 +37,7 @@ QUICK = {
     "atol": 1e-3,
     "width": 8,
     "limit": 600,
+    "augment": False,
 }
 
 
@@ -62,9 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="training-time augmentation: random shifts of up to 1 pixel (digits) or 4-pixel "
-        "crops and horizontal flips (CIFAR-10); default on",
+        "crops and horizontal flips (CIFAR-10), drawn per (seed, epoch, example) so that any "
+        "number of processes and a resumed run see the same; default on (off with --quick)",
     )
 
 
@@ -103,29 +106,38 @@ class ImageTask(Task):
     def num_train(self) -> int:
         return len(self.xtr)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random translation of the batch (digits: up to 1 pixel, zero fill; CIFAR-10: up to 4
-        pixels, reflected, and horizontal flips per image). Draws from the global RNG, which the
-        checkpoints save, so a resumed run sees the same shifts."""
+    def _augment(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Translate each image of ``x`` (digits: up to 1 pixel, zero fill; CIFAR-10: up to 4
+        pixels, reflected, then a horizontal flip) by its row of ``draws`` (``(n, 3)`` uniform
+        numbers in ``[0, 1)``: row shift, column shift, flip)."""
         if self.dataset == "cifar10":
-            flip = torch.rand(x.shape[0], device=x.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
             pad, mode = 4, "reflect"
+            flip = draws[:, 2] < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
         else:
             pad, mode = 1, "constant"
         n, c, h, w = x.shape
         padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
-        shift = torch.randint(0, 2 * pad + 1, (2, n), device=x.device)  # per image
+        shift = (draws[:, :2] * (2 * pad + 1)).long().clamp_(max=2 * pad).T  # per image
         rows = (shift[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (shift[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         channel = torch.arange(c, device=x.device)[None, :, None, None]
         return padded[batch, channel, rows, cols]
 
+    def _draws(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The augmentation's random numbers of examples ``idx`` in ``epoch``: one table per
+        epoch from a generator seeded with ``(seed, epoch)``, indexed by example."""
+        if getattr(self, "_draws_epoch", None) != epoch:
+            gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+            self._draws_table = torch.rand(self.num_train(), 3, generator=gen)
+            self._draws_epoch = epoch
+        return self._draws_table[idx.cpu()].to(self.xtr.device)
+
     def batch_loss(self, model: nn.Module, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         x, y = self.xtr[idx], self.ytr[idx]
         if self.args.augment:
-            x = self._augment(x)
+            x = self._augment(x, self._draws(idx, epoch))
         return F.cross_entropy(model(x), y)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
