@@ -1,8 +1,10 @@
 """Timing the configurations that are compared with each other, round-robin in one process.
 
 The configurations of one *group* (same workload, solver, grid or tolerance, dtype and device: the
-rows of one ratio) are timed in one fresh process, in rounds: every round times one forward +
-backward call of each configuration, starting with a different one each round. Whatever else runs
+rows of one ratio) are timed in one fresh process, after one untimed call of each at full size
+(the first call of a configuration pays for growing the heap: up to 1.5x a later one), in rounds:
+every round times one forward + backward call of each configuration, starting with a different
+one each round. Whatever else runs
 on the machine then slows all of them alike, instead of whichever configuration happened to run at
 that moment; within one process the repeats of a call agree to a few percent.
 """
@@ -65,8 +67,10 @@ def time_group(cases: Sequence[Case], isolated: bool = False) -> list[dict[str, 
             WORKLOADS[case.workload], getattr(torch, case.dtype), device, case.seed
         )
         runner = RUNNERS[(case.library, case.gradient)]
-        _call(problem, runner.prepare(problem, short_case(case)))  # warm-up
+        _call(problem, runner.prepare(problem, short_case(case)))  # warm-up: kernels, shapes
         calls.append((problem, runner.prepare(problem, case)))
+    for call in calls:  # warm-up at full size: the first call grows the heap (page faults)
+        _call(*call)
 
     wall: list[list[float]] = [[] for _ in cases]
     cpu: list[list[float]] = [[] for _ in cases]
