@@ -93,6 +93,9 @@ def test_plan_rejects_bad_options():
         build_plan(_args("--gradients", "exact"))
     with pytest.raises(ValueError, match="--device"):
         build_plan(_args("--device", "tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            build_plan(_args("--device", "cuda"))
     assert main(["bench", "--libraries", "numpy", "--dry-run"]) == 2
 
 

@@ -117,6 +117,14 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Case], list[tuple[Case, s
     """
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    import torch
+
+    if args.device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {args.device}: CUDA is not available to this torch "
+            f"({torch.__version__}); run on a machine with a GPU and a CUDA build of torch, "
+            "or use --device cpu"
+        )
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
     if repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {repeats}")
