@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_train_data import write_tiny_cifar
 from torchmali.cli import main
@@ -111,13 +112,19 @@ def test_cifar10_directory(tmp_path: Path) -> None:
         ]
     )
     assert rc == 0 and metrics(out)["final"]["epochs"] == 1
-    with pytest.raises(ValueError, match="does not exist"):
-        main(["train", "image", "--data", str(tmp_path / "missing"), "--out", str(out)])
+    missing = ["train", "image", "--data", str(tmp_path / "missing"), "--out", str(out)]
+    assert main(missing) == 2
 
 
-def test_bad_options_name_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--method alf"):
-        main(["train", "density", "--gradient", "mali", "--method", "rk4", "--out", str(tmp_path)])
+def test_bad_options_name_the_fix(tmp_path: Path, capsys) -> None:
+    argv = ["train", "density", "--gradient", "mali", "--method", "rk4", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--method alf" in capsys.readouterr().err
+    assert main(["train", "image", "--data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "image", "--quick", "--device", "cuda"]) == 2
+        assert "CUDA" in capsys.readouterr().err
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
