@@ -90,15 +90,17 @@ def engine_grad(
 
 
 def vjp(
-    output: torch.Tensor,
+    outputs: Sequence[torch.Tensor],
     inputs: Sequence[torch.Tensor],
-    cotangent: torch.Tensor,
+    cotangents: Sequence[torch.Tensor],
     retain_graph: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """Vector–Jacobian product; inputs that ``output`` does not depend on get zeros."""
-    if not output.requires_grad:
+    """Vector–Jacobian product of ``outputs`` with ``cotangents``; outputs without a graph add
+    nothing, and inputs that no output depends on get zeros."""
+    pairs = [(o, c) for o, c in zip(outputs, cotangents, strict=True) if o.requires_grad]
+    if not pairs:
         return tuple(torch.zeros_like(x) for x in inputs)
-    grads = engine_grad((output,), inputs, (cotangent,), retain_graph)
+    grads = engine_grad([o for o, _ in pairs], inputs, [c for _, c in pairs], retain_graph)
     if all(g is not None for g in grads):
         return tuple(grads)
     return tuple(
@@ -107,9 +109,11 @@ def vjp(
 
 
 def add_into(acc: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
-    """``acc[i] += grads[i]`` in place."""
-    for a, g in zip(acc, grads, strict=True):
-        a.add_(g)
+    """``acc[i] += grads[i]`` in place (one fused call)."""
+    if len(acc) != len(grads):
+        raise ValueError(f"add_into: {len(acc)} accumulators but {len(grads)} gradients")
+    if acc:
+        torch._foreach_add_(acc, list(grads))
 
 
 @contextlib.contextmanager

@@ -12,10 +12,10 @@ from ._backward import (
     Context,
     FunctionMethod,
     add_into,
-    engine_grad,
     output_cotangents,
     preserve_buffers,
     refuse_double_backward,
+    vjp,
 )
 from ._memory import tensor_bytes
 from .base import register
@@ -105,15 +105,9 @@ class Adjoint:
         with torch.enable_grad():
             y_in = y0.detach().requires_grad_(True)
             state0 = problem.init(y_in)
-        grads = engine_grad((state0,), (y_in, *params), (self.state,))
-        add_into(
-            self.params,
-            [
-                g if g is not None else torch.zeros_like(p)
-                for g, p in zip(grads[1:], params, strict=True)
-            ],
-        )
-        return self.y + grads[0] if grads[0] is not None else self.y
+        y_bar, *p_bar = vjp((state0,), (y_in, *params), (self.state,))
+        add_into(self.params, p_bar)
+        return self.y + y_bar
 
 
 def step_vjp(
@@ -145,8 +139,7 @@ def step_vjp(
             outs.append(y_k)
             cots.append(grad_out[k])
     inputs = (y_in, s_in, *params) if has_state else (y_in, *params)
-    grads = engine_grad(outs, inputs, cots)
-    grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
+    grads = vjp(outs, inputs, cots)
     adj.y = grads[0]
     if has_state:
         adj.state = grads[1]

@@ -15,6 +15,7 @@ from ..solvers.alf import ALF
 from ._backward import (
     Context,
     FunctionMethod,
+    add_into,
     output_cotangents,
     preserve_buffers,
     refuse_double_backward,
@@ -161,7 +162,7 @@ class _MaliFunction(torch.autograd.Function):
             for i in range(n - 1, -1, -1):
                 if i + 1 in checkpoints:
                     z_ck, v_ck = checkpoints[i + 1]
-                    drift = max(drift, _ratios(_gaps(z, _signed(v, sign), z_ck, v_ck)))
+                    drift = max(drift, *_ratios(_gaps(z, _signed(v, sign), z_ck, v_ck)))
                     z, v, sign = z_ck, v_ck, 1.0
                 h = ts[i + 1] - ts[i]
                 if cu is None:
@@ -187,8 +188,8 @@ class _MaliFunction(torch.autograd.Function):
                     v, sign = torch.add(v, u_value, alpha=-2.0 * sign), -sign
                 else:
                     v = solver.reconstruct_velocity(u_value, v)
-                k_bar, *p_bar = vjp(u, (k_in, *params), cu)
-                _accumulate(g_params, p_bar)
+                k_bar, *p_bar = vjp((u,), (k_in, *params), (cu,))
+                add_into(g_params, p_bar)
                 a_z.add_(k_bar)
                 z = k.add_(v, alpha=-0.5 * h * sign)
                 h_next = h
@@ -205,13 +206,13 @@ class _MaliFunction(torch.autograd.Function):
                 a_v0 = torch.zeros_like(a_z)
             else:
                 a_v0 = cu.mul_((1.0 - 2.0 * eta) / (2.0 * eta)).add_(a_z, alpha=0.5 * h_next)
-            z_bar, *p_bar = vjp(v0_graph, (z0_in, *params), a_v0, retain_graph=True)
-        _accumulate(g_params, p_bar)
+            z_bar, *p_bar = vjp((v0_graph,), (z0_in, *params), (a_v0,), retain_graph=True)
+        add_into(g_params, p_bar)
         grad_y0 = a_z.add_(z_bar)
         if -1 in cot:
             grad_y0 = grad_y0.add_(cot[-1])
         c.stats.nfe_backward += f.nfe - nfe_start
-        ratios = _ratios(gaps, reduce=False)
+        ratios = _ratios(gaps)
         drift = max(drift, *ratios[-2:])
         parasitic = ratios[0] if len(ratios) == 3 else 0.0
         c.stats.drift = drift
@@ -222,11 +223,6 @@ class _MaliFunction(torch.autograd.Function):
 
 def _signed(v: torch.Tensor, sign: float) -> torch.Tensor:
     return v if sign > 0 else -v
-
-
-def _accumulate(acc: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-    if acc:
-        torch._foreach_add_(acc, grads)
 
 
 def _parasitic_gap(
@@ -248,14 +244,13 @@ def _gaps(z, v, z_ref, v_ref) -> list[torch.Tensor]:
     return _gap(z, z_ref) + _gap(v, v_ref)
 
 
-def _ratios(gaps: list[torch.Tensor], reduce: bool = True):
+def _ratios(gaps: list[torch.Tensor]) -> list[float]:
     """``num / den`` for consecutive pairs of norms, read in one device sync (non-finite: inf)."""
     values = torch.stack(gaps).double().tolist()
-    ratios = [
+    return [
         r if math.isfinite(r := num / (den + 1e-30)) else math.inf
         for num, den in zip(values[::2], values[1::2], strict=True)
     ]
-    return max(ratios) if reduce else ratios
 
 
 def _check_drift(cfg: Mali, drift: float, parasitic: float) -> None:
