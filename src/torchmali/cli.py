@@ -26,10 +26,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``torchmali`` console script and of ``python -m torchmali``."""
+    """Entry point of the ``torchmali`` console script and of ``python -m torchmali``.
+
+    Returns the subcommand's exit code; 2, with the message on stderr, on a ``ValueError`` (invalid
+    options or data: every such error names the fix).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    result = args.func(args)
+    try:
+        result = args.func(args)
+    except ValueError as exc:
+        print(f"torchmali {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

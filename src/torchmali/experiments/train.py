@@ -10,7 +10,6 @@ and ``--resume`` continues an interrupted run to the same result. Runs under
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from torchmali.experiments import density, image, timeseries
@@ -124,11 +123,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``torchmali train`` with parsed arguments; return the exit code (2, with the message
-    on stderr, for invalid options or data: each ValueError names the fix)."""
-    try:
-        args = resolve(args)
-        return run_task(TASKS[args.task][1], args)
-    except ValueError as exc:
-        print(f"torchmali train: error: {exc}", file=sys.stderr)
-        return 2
+    """Run ``torchmali train`` with parsed arguments; return the exit code.
+
+    Raises:
+        ValueError: On invalid options or data (the command line prints it and exits 2).
+    """
+    args = resolve(args)
+    return run_task(TASKS[args.task][1], args)

@@ -213,11 +213,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The command as typed (from the console script or python -m torchmali), for the report.
     argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else ["(from Python)"]
-    try:
-        cases, skipped = build_plan(args)
-    except ValueError as exc:
-        print(f"torchmali bench: error: {exc}", file=sys.stderr)
-        return 2
+    cases, skipped = build_plan(args)  # ValueError: the command line prints it, exits 2
     if args.dry_run:
         for case in cases:
             print(case.label())
