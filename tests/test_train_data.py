@@ -102,6 +102,7 @@ def test_image_augmentation_shifts_each_image(dataset: str, pad: int) -> None:
     task.args = argparse.Namespace(seed=3)
     task.xtr = torch.zeros(64, 3, 12, 12)
     task.num_train = lambda: 64
+    task._draws_epoch = None
     x = torch.zeros(64, 3, 12, 12)
     x[:, :, 5:7, 5:7] = torch.rand(64, 3, 2, 2) + 0.1  # reflected padding stays blank
     idx = torch.arange(64)

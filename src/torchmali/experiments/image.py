@@ -91,6 +91,8 @@ class ImageTask(Task):
             xte, yte = xte[: max(args.limit // 4, 1)], yte[: max(args.limit // 4, 1)]
         dev = env.device
         self.xtr, self.ytr, self.xte, self.yte = xtr.to(dev), ytr.to(dev), xte.to(dev), yte.to(dev)
+        self._draws_epoch: int | None = None  # the epoch of the augmentation table below
+        self._draws_table = torch.empty(0, 3)
 
     def build(self) -> nn.Module:
         a = self.args
@@ -128,7 +130,7 @@ class ImageTask(Task):
     def _draws(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
         """The augmentation's random numbers of examples ``idx`` in ``epoch``: one table per
         epoch from a generator seeded with ``(seed, epoch)``, indexed by example."""
-        if getattr(self, "_draws_epoch", None) != epoch:
+        if self._draws_epoch != epoch:
             gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
             self._draws_table = torch.rand(self.num_train(), 3, generator=gen)
             self._draws_epoch = epoch
