@@ -340,6 +340,9 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
         history.append(record)
         rngs = distributed.all_gather_objects(_rng_state(), env)
         if env.is_main:
+            # metrics.json first: a kill between the two writes then leaves the
+            # metrics of every checkpointed epoch on disk (resume rewrites both).
+            _write_metrics(out, task, args, env, history, complete=False, plots=[])
             atomic_save(
                 {
                     "epoch": epoch,
@@ -352,7 +355,6 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
                 },
                 ckpt_path,
             )
-            _write_metrics(out, task, args, env, history, complete=False, plots=[])
             print(
                 f"epoch {epoch}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
                 f"{task.metric} {record[task.metric]:.4f}  {epoch_time:.1f}s  "
