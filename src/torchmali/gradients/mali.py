@@ -217,7 +217,7 @@ class _MaliFunction(torch.autograd.Function):
         parasitic = ratios[0] if len(ratios) == 3 else 0.0
         c.stats.drift = drift
         c.stats.parasitic = parasitic
-        _check_drift(cfg, drift, parasitic)
+        _check_drift(cfg, drift, parasitic, eta)
         return (None, None, grad_y0, *g_params)
 
 
@@ -253,23 +253,33 @@ def _ratios(gaps: list[torch.Tensor]) -> list[float]:
     ]
 
 
-def _check_drift(cfg: Mali, drift: float, parasitic: float) -> None:
+def _check_drift(cfg: Mali, drift: float, parasitic: float, eta: float) -> None:
     if cfg.drift_tol is not None and drift > cfg.drift_tol:
+        if eta == 1.0:
+            cause = (
+                "With eta=1 the inverse step is exact, but it expands round-off wherever the "
+                "dynamics contract (SolveStats.parasitic = "
+                f"{parasitic:.3g} measures the contraction's parasitic mode): use float64, "
+            )
+        else:
+            cause = (
+                f"Damped ALF (eta={eta:g}) amplifies round-off in reverse by "
+                f"1/|1-2*eta| = {1 / abs(1 - 2 * eta):.3g} per step: use eta=1, "
+            )
         message = (
-            f"MALI reconstruction drift exceeds drift_tol={cfg.drift_tol:.3g} (measured value in "
-            "SolveStats.drift): the reversed ALF trajectory does not match the forward one, so the gradient is "
-            "inaccurate. Damped ALF (eta<1) amplifies round-off in reverse by 1/|1-2*eta| per "
-            "step: use eta=1, a shorter horizon, Mali(checkpoint_every=K), or "
-            "gradient='checkpoint'"
+            f"MALI reconstruction drift {drift:.3g} exceeds drift_tol={cfg.drift_tol:.3g} "
+            "(SolveStats.drift): the reversed ALF trajectory does not match the forward one, so "
+            f"the gradient is inaccurate. {cause}a shorter horizon, Mali(checkpoint_every=K), "
+            "or gradient='checkpoint'"
         )
     elif cfg.parasitic_tol is not None and parasitic > cfg.parasitic_tol:
         message = (
-            "ALF's parasitic mode at the final time exceeds parasitic_tol="
-            f"{cfg.parasitic_tol:.3g} times the derivative (measured value in "
-            "SolveStats.parasitic): ALF with eta=1 is unstable on dissipative "
-            "dynamics, so the forward solution (and its exact gradient) is meaningless. Use a "
-            "shorter horizon, damping (options={'eta': 0.9}) on short horizons, or another "
-            "solver with gradient='checkpoint'"
+            f"ALF's parasitic mode at the final time is {parasitic:.3g} times the derivative "
+            f"(parasitic_tol={cfg.parasitic_tol:.3g}; SolveStats.parasitic): ALF with eta=1 is "
+            "unstable on dissipative dynamics, so the forward solution (and its exact gradient) "
+            "is meaningless. Use a shorter horizon, a fixed step (adaptive steps shrink without "
+            "end), damping (options={'eta': 0.9}) on short horizons, or another solver with "
+            "gradient='checkpoint'"
         )
     else:
         return
