@@ -17,24 +17,24 @@ from test_train_data import write_tiny_cifar
 from torchmali.cli import main
 
 PLOTS = {"image": [], "timeseries": ["reconstructions.png"], "density": ["density.png"]}
-# A tiny image run used by the subprocess tests (about a second of compute per epoch).
-IMAGE = [
-    "image",
-    "--quick",
-    "--limit",
-    "256",
-    "--epochs",
-    "4",
-    "--gradient",
-    "mali",
-    "--threads",
-    "1",
-    "--augment",  # per-example draws: the same in 1 or 2 processes and after a resume
-    "--quiet",
-    "--no-plots",
-    "--device",
-    "cpu",
-]
+# Options of the small runs used by the subprocess tests.
+RUN = ["--gradient", "mali", "--threads", "1", "--quiet", "--no-plots", "--device", "cpu"]
+# A tiny image run (about a second of compute per epoch); per-example augmentation draws are
+# the same in 1 or 2 processes and after a resume.
+IMAGE = ["image", "--quick", "--limit", "256", "--epochs", "4", "--augment", *RUN]
+# The same for the two other tasks, for the resume test: 0.1-0.3 s an epoch, so more epochs
+# leave the kill after the first checkpoint a margin of seconds before the run would end.
+SMALL = {
+    "image": (IMAGE, ("train_loss", "test_accuracy", "test_loss")),
+    "timeseries": (
+        ["timeseries", "--quick", "--limit", "100", "--epochs", "10", *RUN],
+        ("train_loss", "test_mse_interp", "test_mse_extrap"),
+    ),
+    "density": (
+        ["density", "--quick", "--limit", "1000", "--epochs", "16", *RUN],
+        ("train_loss", "test_nll"),
+    ),
+}
 
 
 def metrics(out: Path) -> dict:
@@ -85,6 +85,35 @@ def test_quick_run_learns_and_writes_files(task: str, extra: list[str], tmp_path
     assert final["nfe_backward_per_batch"] > 0  # MALI's reverse sweep was counted
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["timeseries"], {"latent_dim": 4, "hidden": 32, "step_size": None, "epochs": 60}),
+        (
+            ["timeseries", "--dataset", "membrane"],
+            {"latent_dim": 16, "hidden": 64, "step_size": 0.02},
+        ),
+        (["timeseries", "--dataset", "membrane", "--hidden", "8"], {"hidden": 8, "latent_dim": 16}),
+        (["timeseries", "--dataset", "membrane", "--step-size", "0"], {"step_size": None}),
+        (["timeseries", "--dataset", "membrane", "--quick"], {"latent_dim": 4, "step_size": 0.05}),
+        (["density"], {"hidden": 64, "epochs": 150, "batch_size": 500}),
+        (["density", "--dataset", "digits"], {"hidden": 256, "epochs": 20, "batch_size": 100}),
+        (["image"], {"width": 32}),
+        (["image", "--data", "somewhere"], {"width": 64}),
+        (["image", "--model", "resnet18"], {"width": 64}),
+        (["image", "--data", "somewhere", "--quick"], {"width": 8}),
+    ],
+)
+def test_defaults_follow_the_data_set(argv: list[str], expected: dict) -> None:
+    """Full runs take the task's defaults updated by those of the data set or preset chosen;
+    ``--quick`` takes its own; an option given on the command line always wins."""
+    from torchmali.cli import build_parser
+    from torchmali.experiments.train import resolve
+
+    args = resolve(build_parser().parse_args(["train", *argv]))
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
 def test_cifar10_directory(tmp_path: Path) -> None:
     root = write_tiny_cifar(tmp_path / "cifar", n=8)
     out = tmp_path / "run"
@@ -127,10 +156,13 @@ def test_bad_options_name_the_fix(tmp_path: Path, capsys) -> None:
         assert "CUDA" in capsys.readouterr().err
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task", sorted(SMALL))
+def test_resume_after_sigkill_matches_uninterrupted_run(task: str, tmp_path: Path) -> None:
+    args, keys = SMALL[task]
+    epochs = int(args[args.index("--epochs") + 1])
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    reference = subprocess.Popen(cli(*IMAGE, "--out", str(ref)), stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen(cli(*IMAGE, "--out", str(killed)), stdout=subprocess.DEVNULL)
+    reference = subprocess.Popen(cli(*args, "--out", str(ref)), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli(*args, "--out", str(killed)), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (killed / "checkpoint.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
@@ -139,15 +171,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     interrupted = metrics(killed)
-    assert not interrupted["complete"] and len(interrupted["epochs"]) < 4
+    assert not interrupted["complete"] and len(interrupted["epochs"]) < epochs
     subprocess.run(
-        cli(*IMAGE, "--out", str(killed), "--resume"), check=True, stdout=subprocess.DEVNULL
+        cli(*args, "--out", str(killed), "--resume"), check=True, stdout=subprocess.DEVNULL
     )
     assert reference.wait() == 0
     a, b = metrics(ref), metrics(killed)
-    assert b["complete"] and len(b["epochs"]) == 4
+    assert b["complete"] and len(b["epochs"]) == epochs
     for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
-        for key in ("train_loss", "test_accuracy", "test_loss"):
+        for key in keys:
             assert ea[key] == eb[key], (ea["epoch"], key, ea[key], eb[key])
 
 

@@ -83,9 +83,33 @@ def test_series_and_masks() -> None:
     total = ts.obs_mask + ts.interp_mask + ts.extrap_mask
     assert torch.equal(total, torch.ones_like(total))  # a partition of the grid
     assert (ts.obs_mask[:, 0] == 1).all() and ts.extrap_mask[:, :10].sum() == 0
+
+
+def test_membrane_windows_split_by_block() -> None:
+    from matplotlib import cbook
+
     t, xtr, xte = data.membrane_windows()
-    assert xtr.shape[1:] == (60, 1) and xte.shape[1:] == (60, 1) and len(xtr) > 3 * len(xte) > 0
-    assert abs(float(torch.cat([xtr, xte]).mean())) < 0.5
+    assert t.shape == (60,) and xtr.shape[1:] == (60, 1) and xte.shape[1:] == (60, 1)
+    # 8 blocks of 225 points, blocks 4 and 8 for testing, a window at every point of a block
+    assert len(xtr) == 6 * (225 - 60 + 1) and len(xte) == 2 * (225 - 60 + 1)
+
+    def blocks(x: torch.Tensor) -> list[torch.Tensor]:  # first window + each later last point
+        return [torch.cat([x[k, :, 0], x[k + 1 : k + 166, -1, 0]]) for k in range(0, len(x), 166)]
+
+    train, test = blocks(xtr), blocks(xte)
+    joined = torch.cat([*train[:3], test[0], *train[3:], test[1]]).double()
+    with cbook.get_sample_data("membrane.dat") as f:
+        raw = torch.frombuffer(bytearray(f.read()), dtype=torch.float32)
+    series = raw[1500:10500:5][:1800].double()
+    train_values = torch.cat([series[:675], series[900:1575]])
+    expected = (series - train_values.mean()) / train_values.std(correction=0)
+    assert torch.allclose(joined, expected, atol=1e-5)  # contiguous blocks, in order
+    t, xtr, xte = data.membrane_windows(steps=40, hop=5, blocks=4, test_every=2)
+    assert len(xtr) == len(xte) == 2 * len(range(0, 450 - 40 + 1, 5))
+    with pytest.raises(ValueError, match="test_every"):
+        data.membrane_windows(blocks=3, test_every=4)
+    with pytest.raises(ValueError, match="shorter windows"):
+        data.membrane_windows(steps=300)
 
 
 @pytest.mark.parametrize("dataset,pad", [("digits", 1), ("cifar10", 4)])

@@ -165,33 +165,53 @@ def spirals(
 
 
 def membrane_windows(
-    steps: int = 60, stride: int = 5, hop: int = 4, split: float = 0.75
+    steps: int = 60, stride: int = 5, hop: int = 1, blocks: int = 8, test_every: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windows of a real neuron membrane-potential recording that ships with matplotlib.
 
     ``matplotlib``'s sample data ``membrane.dat`` (12,000 float32 samples of a spiking neuron's
-    membrane potential) is restricted to its spiking segment, downsampled by ``stride``,
-    standardised, and cut into windows of ``steps`` points every ``hop`` points. Windows from the
-    first ``split`` of the recording train, those after it test (no overlap), so the test
-    series are later in time than every training series.
+    membrane potential) is restricted to its spiking segment, downsampled by ``stride`` and cut
+    into ``blocks`` contiguous blocks; every ``test_every``-th block is for testing, the others for
+    training, so both sets cover the regular spiking at the start and the irregular bursts near
+    the end. Each block is cut into windows of ``steps`` points every ``hop`` points; no window
+    crosses a block boundary, so no test value appears in a training window. Values are
+    standardised with the training blocks' mean and standard deviation.
 
     Returns:
         ``(t [steps], x_train [N, steps, 1], x_test [M, steps, 1])``; time runs over ``[0, 1]``.
+
+    Raises:
+        ValueError: If a block is shorter than a window, or the blocks are not split between
+            training and testing.
     """
     from matplotlib import cbook
 
     with cbook.get_sample_data("membrane.dat") as f:
         raw = np.frombuffer(f.read(), dtype=np.float32)
     series = raw[1500:10500:stride].astype(np.float64)
-    series = (series - series.mean()) / series.std()
-    cut = int(len(series) * split)
+    size = len(series) // blocks
+    if size < steps or not 2 <= test_every <= blocks:
+        raise ValueError(
+            f"membrane_windows: {blocks} blocks of {size} points with test_every={test_every}: "
+            f"each block must hold a window of {steps} points and 2 <= test_every <= blocks "
+            "(some blocks for training, some for testing); use fewer blocks or shorter windows."
+        )
+    parts = [series[i * size : (i + 1) * size] for i in range(blocks)]
+    is_test = [(i + 1) % test_every == 0 for i in range(blocks)]
+    train_values = np.concatenate([b for b, test in zip(parts, is_test, strict=True) if not test])
+    mean, std = train_values.mean(), train_values.std()
 
-    def windows(a: np.ndarray) -> torch.Tensor:
-        starts = range(0, len(a) - steps + 1, hop)
-        return torch.from_numpy(np.stack([a[s : s + steps] for s in starts])[..., None]).float()
+    def windows(test: bool) -> torch.Tensor:
+        w = [
+            (b[s : s + steps] - mean) / std
+            for b, in_test in zip(parts, is_test, strict=True)
+            if in_test == test
+            for s in range(0, size - steps + 1, hop)
+        ]
+        return torch.from_numpy(np.stack(w)[..., None]).float()
 
     t = torch.linspace(0.0, 1.0, steps)
-    return t, windows(series[:cut]), windows(series[cut:])
+    return t, windows(False), windows(True)
 
 
 def sample_toy(name: str, n: int, rng: np.random.Generator) -> np.ndarray:

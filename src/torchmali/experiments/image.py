@@ -14,7 +14,7 @@ from torchmali.experiments._train_common import Task
 from torchmali.experiments.distributed import DistEnv
 from torchmali.nn import ODEResNet
 
-__all__ = ["DEFAULTS", "QUICK", "ImageTask", "add_arguments"]
+__all__ = ["DEFAULTS", "QUICK", "ImageTask", "add_arguments", "specific_defaults"]
 
 DEFAULTS = {
     "epochs": 15,
@@ -39,6 +39,18 @@ QUICK = {
     "limit": 600,
     "augment": False,
 }
+
+
+def preset(args: argparse.Namespace) -> str:
+    """The ODE-ResNet preset: ``--model``, or ``small`` for digits and ``resnet18`` for CIFAR-10."""
+    if args.model != "auto":
+        return args.model
+    return "small" if args.data is None else "resnet18"
+
+
+def specific_defaults(args: argparse.Namespace) -> dict:
+    """Defaults of the preset chosen: the ODE-ResNet18 preset is 64 channels wide."""
+    return {"width": 64} if preset(args) == "resnet18" else {}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,13 +109,10 @@ class ImageTask(Task):
     def build(self) -> nn.Module:
         a = self.args
         ode = self.ode_kwargs()
-        preset = (
-            a.model if a.model != "auto" else ("small" if self.dataset == "digits" else "resnet18")
-        )
         in_ch = self.xtr.shape[1]
-        if preset == "small":
-            return ODEResNet.small(10, in_ch, width=a.width or 32, **ode)
-        return ODEResNet.resnet18(10, in_ch, width=a.width or 64, **ode)
+        if preset(a) == "small":
+            return ODEResNet.small(10, in_ch, width=a.width, **ode)
+        return ODEResNet.resnet18(10, in_ch, width=a.width, **ode)
 
     def num_train(self) -> int:
         return len(self.xtr)

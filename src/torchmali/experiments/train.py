@@ -100,11 +100,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options left unset from the task's defaults (or its ``--quick`` defaults).
 
+    Full runs take the task's ``DEFAULTS`` updated with ``specific_defaults(args)``, the
+    settings of the data set or model preset chosen (e.g. a wider latent ODE for the membrane
+    recording); ``--quick`` runs take ``QUICK`` alone.
+
     Raises:
         ValueError: On inconsistent options (e.g. MALI without ALF), with the fix.
     """
     module, _ = TASKS[args.task]
-    defaults = module.QUICK if args.quick else module.DEFAULTS
+    defaults = module.QUICK if args.quick else {**module.DEFAULTS, **module.specific_defaults(args)}
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
