@@ -94,3 +94,19 @@ def test_reported_memory(gradient):
     else:
         assert mem[1000] > 50 * mem[10] / 2
         assert mem[1000] >= 1000 * state
+
+
+def test_binomial_reports_the_states_it_can_hold():
+    """K slots, but no more states than steps: with K >= N it keeps what checkpointing keeps."""
+    y0 = torch.randn(4, 3)
+    t = torch.tensor([0.0, 1.0])
+    kept = {}
+    for gradient in ("checkpoint", torchmali.Binomial(checkpoints=8), torchmali.Binomial(2)):
+        sol = torchmali.solve(
+            lambda t, y: -y, y0, t, method="alf", options={"step_size": 0.25}, gradient=gradient
+        )
+        kept[str(gradient)] = sol.stats.memory_bytes
+    state = 2 * y0.nbytes  # ALF's (z, v)
+    record = 8 * 5  # the five grid times
+    assert kept["checkpoint"] == kept[str(torchmali.Binomial(checkpoints=8))] == 4 * state + record
+    assert kept[str(torchmali.Binomial(2))] == 2 * state + record

@@ -129,7 +129,8 @@ class _BinomialFunction(torch.autograd.Function):
         ctx.c, ctx.record, ctx.stored = c, record, stored
         ctx.save_for_backward(y0, *params)
         state_bytes = tensor_bytes([y0, state0 if isinstance(state0, torch.Tensor) else None])
-        c.stats.memory_bytes = k * state_bytes + 8 * len(record.ts)
+        # at most K states at once, and never more than one per step (the final one is not kept)
+        c.stats.memory_bytes = min(k, max(record.n_steps, 1)) * state_bytes + 8 * len(record.ts)
         c.stats.optimal_recomputed_steps = optimal_recomputations(record.n_steps, k)
         return torch.stack(outputs)
 
