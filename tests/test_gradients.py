@@ -405,8 +405,33 @@ def test_mali_drift_without_damping_names_its_cause():
     with pytest.warns(torchmali.ReconstructionDriftWarning) as record:
         sol.ys[-1].sum().backward()
     message = str(record[0].message)
-    assert sol.stats.drift > 1e-4 and f"drift {sol.stats.drift:.3g} exceeds" in message
+    assert sol.stats.drift > 1e-4
     assert "With eta=1" in message and "float64" in message and "Damped" not in message
+    strict = torchmali.Mali(parasitic_tol=None, on_drift="raise")
+    sol = torchmali.solve(
+        lambda t, y: -5.0 * y, y0, torch.tensor([0.0, 2.0]), method="alf",
+        options={"step_size": 0.05}, gradient=strict,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"measured: drift \d"):
+        sol.ys[-1].sum().backward()
+
+
+def test_mali_warning_is_shown_once_per_place():
+    """A training loop's many drifting backward passes give one warning, not one per batch."""
+    import warnings
+
+    def backward(lam: float) -> None:
+        sol = torchmali.solve(
+            lambda t, y: lam * y, torch.ones(3, requires_grad=True), torch.tensor([0.0, 2.0]),
+            method="alf", options={"step_size": 0.05}, gradient=torchmali.Mali(parasitic_tol=None),
+        )  # fmt: skip
+        sol.ys[-1].sum().backward()
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("default")
+        for lam in (-5.0, -5.5, -6.0):  # three different drifts, all above drift_tol
+            backward(lam)
+    assert len([w for w in record if w.category is torchmali.ReconstructionDriftWarning]) == 1
 
 
 def test_mali_catches_alf_blow_up_on_dissipative_dynamics(f64):

@@ -254,12 +254,15 @@ def _ratios(gaps: list[torch.Tensor]) -> list[float]:
 
 
 def _check_drift(cfg: Mali, drift: float, parasitic: float, eta: float) -> None:
+    # The warning's text is fixed for each cause, so Python shows it once per place instead of
+    # once per backward pass of a training run; the measured values are in SolveStats (and in
+    # the error raised with on_drift="raise").
     if cfg.drift_tol is not None and drift > cfg.drift_tol:
         if eta == 1.0:
             cause = (
                 "With eta=1 the inverse step is exact, but it expands round-off wherever the "
-                "dynamics contract (SolveStats.parasitic = "
-                f"{parasitic:.3g} measures the contraction's parasitic mode): use float64, "
+                "dynamics contract (SolveStats.parasitic measures the contraction's parasitic "
+                "mode): use float64, "
             )
         else:
             cause = (
@@ -267,24 +270,24 @@ def _check_drift(cfg: Mali, drift: float, parasitic: float, eta: float) -> None:
                 f"1/|1-2*eta| = {1 / abs(1 - 2 * eta):.3g} per step: use eta=1, "
             )
         message = (
-            f"MALI reconstruction drift {drift:.3g} exceeds drift_tol={cfg.drift_tol:.3g} "
+            f"MALI reconstruction drift exceeds drift_tol={cfg.drift_tol:.3g} "
             "(SolveStats.drift): the reversed ALF trajectory does not match the forward one, so "
             f"the gradient is inaccurate. {cause}a shorter horizon, Mali(checkpoint_every=K), "
             "or gradient='checkpoint'"
         )
     elif cfg.parasitic_tol is not None and parasitic > cfg.parasitic_tol:
         message = (
-            f"ALF's parasitic mode at the final time is {parasitic:.3g} times the derivative "
-            f"(parasitic_tol={cfg.parasitic_tol:.3g}; SolveStats.parasitic): ALF with eta=1 is "
-            "unstable on dissipative dynamics, so the forward solution (and its exact gradient) "
-            "is meaningless. Use a shorter horizon, a fixed step (adaptive steps shrink without "
-            "end), damping (options={'eta': 0.9}) on short horizons, or another solver with "
-            "gradient='checkpoint'"
+            "ALF's parasitic mode at the final time exceeds parasitic_tol="
+            f"{cfg.parasitic_tol:.3g} times the derivative (SolveStats.parasitic): ALF with "
+            "eta=1 is unstable on dissipative dynamics, so the forward solution (and its exact "
+            "gradient) is meaningless. Use a shorter horizon, a fixed step (adaptive steps "
+            "shrink without end), damping (options={'eta': 0.9}) on short horizons, or another "
+            "solver with gradient='checkpoint'"
         )
     else:
         return
     if cfg.on_drift == "raise":
-        raise RuntimeError(message)
+        raise RuntimeError(f"{message} (measured: drift {drift:.3g}, parasitic {parasitic:.3g})")
     warnings.warn(message, ReconstructionDriftWarning, stacklevel=3)
 
 
