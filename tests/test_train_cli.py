@@ -114,6 +114,22 @@ def test_defaults_follow_the_data_set(argv: list[str], expected: dict) -> None:
     assert {k: getattr(args, k) for k in expected} == expected
 
 
+def test_mali_checkpoint_every_bounds_the_drift_at_more_memory(tmp_path: Path) -> None:
+    """``--mali-checkpoint-every K`` trains with ``Mali(checkpoint_every=K)``, which stores a
+    state every K steps (more solver memory) to restart the reconstruction there."""
+    runs = {}
+    for k in (None, 2):
+        out = tmp_path / f"k{k}"
+        extra = [] if k is None else ["--mali-checkpoint-every", str(k)]
+        argv = ["train", "timeseries", "--quick", "--limit", "50", "--epochs", "1", *RUN]
+        assert main([*argv, "--out", str(out), *extra]) == 0
+        runs[k] = metrics(out)["final"]
+    assert runs[2]["solver_memory_bytes"] > runs[None]["solver_memory_bytes"]
+    assert metrics(tmp_path / "k2")["config"]["mali_checkpoint_every"] == 2
+    bad = ["train", "timeseries", "--gradient", "adjoint", "--mali-checkpoint-every", "4"]
+    assert main([*bad, "--out", str(tmp_path / "bad")]) == 2
+
+
 def test_cifar10_directory(tmp_path: Path) -> None:
     root = write_tiny_cifar(tmp_path / "cifar", n=8)
     out = tmp_path / "run"
@@ -151,6 +167,8 @@ def test_bad_options_name_the_fix(tmp_path: Path, capsys) -> None:
     assert "--method alf" in capsys.readouterr().err
     assert main(["train", "image", "--data", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "image", "--gradient", "adjoint", "--mali-checkpoint-every", "4"]) == 2
+    assert "needs --gradient mali" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["train", "image", "--quick", "--device", "cuda"]) == 2
         assert "CUDA" in capsys.readouterr().err

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from torchmali import Mali
 from torchmali.experiments import distributed
 from torchmali.experiments.distributed import DistEnv
 
@@ -57,14 +58,18 @@ class Task:
 
     def ode_kwargs(self) -> dict[str, Any]:
         """The solver settings of every ODE block, from the command line (``--method``,
-        ``--gradient``, ``--rtol``, ``--atol``, ``--step-size``, ``--eta``)."""
+        ``--gradient``, ``--rtol``, ``--atol``, ``--step-size``, ``--eta``,
+        ``--mali-checkpoint-every``)."""
         a = self.args
         options = {"step_size": a.step_size} if a.step_size else {}
         if a.eta is not None:
             options["eta"] = a.eta
+        gradient: Any = a.gradient
+        if getattr(a, "mali_checkpoint_every", None):
+            gradient = Mali(checkpoint_every=a.mali_checkpoint_every)
         return {
             "method": a.method,
-            "gradient": a.gradient,
+            "gradient": gradient,
             "rtol": a.rtol,
             "atol": a.atol,
             "options": options or None,
@@ -360,7 +365,8 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
                 f"{task.metric} {record[task.metric]:.4f}  {epoch_time:.1f}s  "
                 f"nfe/batch {record['nfe_forward_per_batch']:.0f}+"
                 f"{record['nfe_backward_per_batch']:.0f}  "
-                f"peak {record['peak_memory_mb']:.0f} MiB",
+                + (f"drift {record['drift_max']:.1e}  " if args.gradient == "mali" else "")
+                + f"peak {record['peak_memory_mb']:.0f} MiB",
                 flush=True,
             )
         distributed.barrier(env)

@@ -45,6 +45,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="fixed step size (0 = adaptive); default depends on the task",
     )
     g.add_argument("--eta", type=float, default=None, help="ALF damping eta (default 1.0)")
+    g.add_argument(
+        "--mali-checkpoint-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with --gradient mali: restart MALI's reconstruction from a state stored every K "
+        "steps (Mali(checkpoint_every=K)), which bounds its drift",
+    )
     g.add_argument("--rtol", type=float, default=None)
     g.add_argument("--atol", type=float, default=None)
     t = p.add_argument_group("training")
@@ -116,6 +124,13 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(
             f"--gradient mali needs the reversible ALF solver, got --method "
             f"{args.method}; use --method alf (or another --gradient)."
+        )
+    if args.mali_checkpoint_every is not None and (
+        args.gradient != "mali" or args.mali_checkpoint_every < 1
+    ):
+        raise ValueError(
+            f"--mali-checkpoint-every {args.mali_checkpoint_every} needs --gradient mali and "
+            "K >= 1 (it sets Mali(checkpoint_every=K)); drop it for other gradient methods."
         )
     if args.step_size is not None and args.step_size <= 0:
         args.step_size = None
