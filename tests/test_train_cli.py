@@ -125,9 +125,22 @@ def test_mali_checkpoint_every_bounds_the_drift_at_more_memory(tmp_path: Path) -
         assert main([*argv, "--out", str(out), *extra]) == 0
         runs[k] = metrics(out)["final"]
     assert runs[2]["solver_memory_bytes"] > runs[None]["solver_memory_bytes"]
+    assert not list((tmp_path / "k2").glob("checkpoint-epoch*"))  # only with --keep-checkpoints
     assert metrics(tmp_path / "k2")["config"]["mali_checkpoint_every"] == 2
     bad = ["train", "timeseries", "--gradient", "adjoint", "--mali-checkpoint-every", "4"]
     assert main([*bad, "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_keep_checkpoints_keeps_every_epoch(tmp_path: Path) -> None:
+    argv = ["train", "density", "--quick", "--limit", "500", "--epochs", "3", *RUN]
+    assert main([*argv, "--out", str(tmp_path), "--keep-checkpoints"]) == 0
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint-epoch*.pt"))
+    assert kept == [f"checkpoint-epoch{e}.pt" for e in (1, 2, 3)]
+    epochs = [torch.load(tmp_path / k, weights_only=False)["epoch"] for k in kept]
+    assert epochs == [1, 2, 3]
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    third = torch.load(tmp_path / kept[-1], weights_only=False)["model"]
+    assert all(torch.equal(last[k], third[k]) for k in last)
 
 
 def test_cifar10_directory(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ __all__ = ["Task", "atomic_save", "atomic_write_json", "run_task"]
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 # Options that may differ between an interrupted run and its --resume.
-_RESUME_FREE = {"resume", "epochs", "out", "device", "quiet", "no_plots", "threads", "func"}
+_RESUME_FREE = {
+    "resume", "epochs", "out", "device", "quiet", "no_plots", "threads", "func", "keep_checkpoints"
+}  # fmt: skip
 
 
 class Task:
@@ -116,6 +119,13 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a temporary file beside ``dst``, then rename it over ``dst``."""
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _jsonable(x: Any) -> Any:
@@ -360,6 +370,8 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
                 },
                 ckpt_path,
             )
+            if getattr(args, "keep_checkpoints", False):
+                _atomic_copy(ckpt_path, out / f"checkpoint-epoch{epoch}.pt")
             print(
                 f"epoch {epoch}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
                 f"{task.metric} {record[task.metric]:.4f}  {epoch_time:.1f}s  "

@@ -82,6 +82,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from OUT/checkpoint.pt (same options) if it exists",
     )
+    r.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="also keep every epoch's checkpoint as OUT/checkpoint-epochN.pt",
+    )
     r.add_argument("--no-plots", action="store_true", help="skip the figures")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
