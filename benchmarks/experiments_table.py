@@ -96,9 +96,12 @@ def dataset(m: dict) -> str:
 
 
 def gradient_label(config: dict) -> str:
-    """The gradient method of a run, with MALI's ``checkpoint_every`` when it was set."""
+    """The gradient method of a run, with MALI's ``checkpoint_every`` when it was set and the
+    solver when it is not ALF."""
     k = config.get("mali_checkpoint_every")
-    return f"`{config.get('gradient')}`" + (f", K = {k}" if k else "")
+    label = f"`{config.get('gradient')}`" + (f", K = {k}" if k else "")
+    method = config.get("method")
+    return label + (f", {method}" if method and method != "alf" else "")
 
 
 def main(argv: list[str]) -> int:
@@ -165,7 +168,8 @@ def seed_summary(runs: list) -> None:
     print(f"\n{key} over seeds:\n")
     print("| runs | seeds | per seed | mean | std | median | CPU s / epoch | NFE bwd / batch |")
     print("|---|---|---|---|---|---|---|---|")
-    for group, values in sorted(groups.items()):
+    rows_ = sorted(groups.items())
+    for group, values in rows_:
         xs = [f[key] for _, f in values]
         cpu = statistics.mean(f["cpu_time_per_epoch_s"] for _, f in values)
         nfe = statistics.mean(f["nfe_backward_per_batch"] for _, f in values)
@@ -174,6 +178,26 @@ def seed_summary(runs: list) -> None:
             f"{' / '.join(fmt(x, key) for x in xs)} | {fmt(statistics.mean(xs), key)} | "
             f"{fmt(statistics.stdev(xs), key)} | {fmt(statistics.median(xs), key)} | "
             f"{cpu:.2f} | {nfe:.0f} |"
+        )
+    paired_summary(key, {g: {seed: f[key] for seed, f in v} for g, v in rows_})
+
+
+def paired_summary(key: str, groups: dict[str, dict[int, float]]) -> None:
+    """MALI against the adjoint on the seeds both ran: wins, and the paired differences."""
+    for name, mali in sorted(groups.items()):
+        if not name.endswith("-mali"):
+            continue
+        adjoint = groups.get(name[: -len("mali")] + "adjoint", {})
+        seeds = sorted(set(mali) & set(adjoint))
+        if len(seeds) < 2:
+            continue
+        diff = [mali[s] - adjoint[s] for s in seeds]
+        better = max if key == "test_accuracy" else min
+        wins = sum(better(mali[s], adjoint[s]) == mali[s] and mali[s] != adjoint[s] for s in seeds)
+        print(
+            f"\n{name} vs adjoint, paired by seed: MALI better on {wins} of {len(seeds)} seeds; "
+            f"difference (MALI - adjoint) median {fmt(statistics.median(diff), key)}, "
+            f"mean {fmt(statistics.mean(diff), key)}"
         )
 
 

@@ -57,6 +57,11 @@ def planned_runs() -> dict[str, list[str]]:
             "timeseries", "--dataset", "membrane", "--gradient", "mali",
             "--mali-checkpoint-every", "10", "--seed", str(seed),
         ]  # fmt: skip
+    for g in ("adjoint", "checkpoint"):  # an adaptive solver whose solution tracks the ODE
+        runs[f"membrane_dopri5-{g}-seed0"] = [
+            "timeseries", "--dataset", "membrane", "--gradient", g, "--method", "dopri5",
+            "--step-size", "0", "--seed", "0",
+        ]  # fmt: skip
     for toy in TOYS:
         runs[f"density_{toy}-mali"] = ["density", "--dataset", toy, "--gradient", "mali"]
     return runs

@@ -83,6 +83,8 @@ def test_quick_run_learns_and_writes_files(task: str, extra: list[str], tmp_path
     for field in ("time_per_epoch_s", "peak_memory_mb", "nfe_forward_per_batch"):
         assert final[field] > 0, field
     assert final["nfe_backward_per_batch"] > 0  # MALI's reverse sweep was counted
+    # MALI's checks are recorded per epoch: reconstruction drift and ALF's parasitic mode
+    assert 0 < last["drift_max"] < 1e-3 and 0 < last["parasitic_max"] < float("inf")
 
 
 @pytest.mark.parametrize(

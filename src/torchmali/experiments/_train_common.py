@@ -180,22 +180,23 @@ def _memory_measure(device: torch.device) -> str:
 def _solver_totals(blocks: list[nn.Module]) -> dict[str, float]:
     nfe_f = nfe_b = solves = 0
     mem = 0
-    drift = 0.0
+    worst = {"drift": 0.0, "parasitic": 0.0}
     for b in blocks:
         for s in b.stats_log or []:
             solves += 1
             nfe_f += getattr(s, "nfe_forward", 0) or 0
             nfe_b += getattr(s, "nfe_backward", 0) or 0
             mem = max(mem, getattr(s, "memory_bytes", 0) or 0)
-            d = getattr(s, "drift", None)
-            if d is not None and math.isfinite(float(d)):
-                drift = max(drift, float(d))
+            for key in worst:
+                v = getattr(s, key, None)
+                if v is not None and math.isfinite(float(v)):
+                    worst[key] = max(worst[key], float(v))
     return {
         "nfe_forward": float(nfe_f),
         "nfe_backward": float(nfe_b),
         "solves": float(solves),
         "solver_memory_bytes": float(mem),
-        "drift": drift,
+        **worst,
     }
 
 
@@ -344,6 +345,7 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
             "nfe_backward_per_batch": nfe_b / n_batches,
             "solver_memory_bytes": totals["solver_memory_bytes"],
             "drift_max": totals["drift"],
+            "parasitic_max": totals["parasitic"],
         }
         if env.is_main:
             model.eval()
@@ -377,7 +379,11 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
                 f"{task.metric} {record[task.metric]:.4f}  {epoch_time:.1f}s  "
                 f"nfe/batch {record['nfe_forward_per_batch']:.0f}+"
                 f"{record['nfe_backward_per_batch']:.0f}  "
-                + (f"drift {record['drift_max']:.1e}  " if args.gradient == "mali" else "")
+                + (
+                    f"drift {record['drift_max']:.1e}  parasitic {record['parasitic_max']:.2g}  "
+                    if args.gradient == "mali"
+                    else ""
+                )
                 + f"peak {record['peak_memory_mb']:.0f} MiB",
                 flush=True,
             )
