@@ -86,6 +86,8 @@ def fmt(value, key: str) -> str:
         return "—"
     if key == "test_accuracy":
         return f"{100 * value:.1f}%"
+    if key in ("test_nll", "test_bits_per_dim"):
+        return f"{value:.4f}"
     return f"{value:.4g}"
 
 

@@ -416,6 +416,21 @@ def test_mali_drift_without_damping_names_its_cause():
         sol.ys[-1].sum().backward()
 
 
+def test_mali_refuses_a_non_finite_reconstruction():
+    """A reconstruction that overflows gives a NaN gradient: an error even with on_drift="warn"."""
+
+    def field(t, y):  # finite in the forward pass, infinite when the backward pass re-evaluates
+        return -y * (math.inf if torch.is_grad_enabled() and float(t) > 0 else 1.0)
+
+    sol = torchmali.solve(
+        field, torch.ones(3, requires_grad=True), torch.tensor([0.0, 1.0]), method="alf",
+        options={"step_size": 0.1}, gradient="mali",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="overflowed"):
+        sol.ys[-1].sum().backward()
+    assert sol.stats.drift == math.inf
+
+
 def test_mali_warning_is_shown_once_per_place():
     """A training loop's many drifting backward passes give one warning, not one per batch."""
     import warnings

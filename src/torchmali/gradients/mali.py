@@ -257,6 +257,14 @@ def _check_drift(cfg: Mali, drift: float, parasitic: float, eta: float) -> None:
     # The warning's text is fixed for each cause, so Python shows it once per place instead of
     # once per backward pass of a training run; the measured values are in SolveStats (and in
     # the error raised with on_drift="raise").
+    if not math.isfinite(drift):
+        # whatever on_drift says: the gradient is NaN/Inf, never worth handing to an optimizer
+        raise RuntimeError(
+            "MALI's reconstruction of the trajectory overflowed (SolveStats.drift is not finite), "
+            "so the gradient is NaN or infinite. ALF's inverse expands round-off where the "
+            "dynamics contract: use Mali(checkpoint_every=K), a shorter horizon, float64, or "
+            "gradient='checkpoint'"
+        )
     if cfg.drift_tol is not None and drift > cfg.drift_tol:
         if eta == 1.0:
             cause = (
