@@ -68,6 +68,7 @@ class Task:
         if a.eta is not None:
             options["eta"] = a.eta
         gradient: Any = a.gradient
+        # getattr: the configuration of a checkpoint written before the option existed
         if getattr(a, "mali_checkpoint_every", None):
             gradient = Mali(checkpoint_every=a.mali_checkpoint_every)
         return {
@@ -374,17 +375,17 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
             )
             if getattr(args, "keep_checkpoints", False):
                 _atomic_copy(ckpt_path, out / f"checkpoint-epoch{epoch}.pt")
+            checks = (
+                f"drift {record['drift_max']:.1e}  parasitic {record['parasitic_max']:.2g}  "
+                if args.gradient == "mali"
+                else ""
+            )
             print(
                 f"epoch {epoch}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
                 f"{task.metric} {record[task.metric]:.4f}  {epoch_time:.1f}s  "
                 f"nfe/batch {record['nfe_forward_per_batch']:.0f}+"
-                f"{record['nfe_backward_per_batch']:.0f}  "
-                + (
-                    f"drift {record['drift_max']:.1e}  parasitic {record['parasitic_max']:.2g}  "
-                    if args.gradient == "mali"
-                    else ""
-                )
-                + f"peak {record['peak_memory_mb']:.0f} MiB",
+                f"{record['nfe_backward_per_batch']:.0f}  {checks}"
+                f"peak {record['peak_memory_mb']:.0f} MiB",
                 flush=True,
             )
         distributed.barrier(env)

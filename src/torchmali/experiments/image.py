@@ -14,7 +14,7 @@ from torchmali.experiments._train_common import Task
 from torchmali.experiments.distributed import DistEnv
 from torchmali.nn import ODEResNet
 
-__all__ = ["DEFAULTS", "QUICK", "ImageTask", "add_arguments", "specific_defaults"]
+__all__ = ["DEFAULTS", "QUICK", "ImageTask", "add_arguments", "preset", "specific_defaults"]
 
 DEFAULTS = {
     "epochs": 15,
