@@ -175,7 +175,12 @@ class DensityTask(Task):
         rng = [[-lim, lim], [-lim, lim]]
         axes[0].hist2d(*self.xte.cpu().T.numpy(), bins=n, range=rng, cmap="viridis")
         axes[0].set_title("data")
-        axes[1].imshow(dens.numpy(), origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
+        # colour scale up to the largest density of a test point: a flow can put very high
+        # density far from the data (ALF's parasitic mode where the dynamics contract), which
+        # then shows saturated instead of turning the rest of the picture black
+        vmax = max(float(model.log_prob(c).exp().max()) for c in self.xte.split(2500))
+        extent = (-lim, lim, -lim, lim)
+        axes[1].imshow(dens.numpy(), origin="lower", extent=extent, cmap="viridis", vmax=vmax)
         axes[1].set_title("learned density")
         axes[2].hist2d(*samples.T.numpy(), bins=n, range=rng, cmap="viridis")
         axes[2].set_title("samples")
