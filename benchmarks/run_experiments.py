@@ -64,6 +64,13 @@ def planned_runs() -> dict[str, list[str]]:
         ]  # fmt: skip
     for toy in TOYS:
         runs[f"density_{toy}-mali"] = ["density", "--dataset", toy, "--gradient", "mali"]
+    for toy in ("checkerboard", "2spirals"):  # the two toys the default flow does not learn
+        runs[f"density_{toy}_wide-mali"] = [
+            "density", "--dataset", toy, "--hidden", "128", "--epochs", "300", "--gradient", "mali"
+        ]  # fmt: skip
+        runs[f"density_{toy}_h005-mali"] = [
+            "density", "--dataset", toy, "--step-size", "0.05", "--gradient", "mali"
+        ]  # fmt: skip
     return runs
 
 

@@ -85,6 +85,8 @@ def test_quick_run_learns_and_writes_files(task: str, extra: list[str], tmp_path
     assert final["nfe_backward_per_batch"] > 0  # MALI's reverse sweep was counted
     # MALI's checks are recorded per epoch: reconstruction drift and ALF's parasitic mode
     assert 0 < last["drift_max"] < 1e-3 and 0 < last["parasitic_max"] < float("inf")
+    if task == "density":  # the 2-D flow's density is checked to integrate to 1
+        assert 0.5 < final["test_density_mass"] < 2
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -148,3 +149,32 @@ def test_image_augmentation_shifts_each_image(dataset: str, pad: int) -> None:
         assert found, "not a translation of the input"
         offsets.add(found[0])
     assert len(offsets) > 1  # per image, not one shift for the whole batch
+
+
+def test_density_mass_tells_a_valid_density_from_a_broken_one() -> None:
+    """The 2-D check of ``torchmali train density``: a flow that does nothing is the standard
+    normal (mass 1); log-densities that are not those of a density are flagged."""
+    import warnings
+    from types import SimpleNamespace
+
+    from torchmali.experiments.density import DensityTask, density_mass
+    from torchmali.nn import CNF
+
+    flow = CNF(2, hidden=8, method="rk4", options={"step_size": 0.5})
+    for p in flow.parameters():
+        torch.nn.init.zeros_(p)
+    flow.eval()
+    with torch.no_grad():
+        assert abs(density_mass(flow) - 1.0) < 1e-3
+    broken = SimpleNamespace(log_prob=lambda x: torch.full((len(x),), -3.0))  # e^-3 everywhere
+    assert density_mass(broken) == pytest.approx(256 * math.exp(-3.0), rel=1e-5)
+    task = DensityTask.__new__(DensityTask)  # only the check's pieces are needed
+    task.digits, task.xtr = False, torch.zeros(1, 2)
+    with pytest.warns(RuntimeWarning, match="integrates to 12.7"):
+        assert task.final_metrics(broken)["test_density_mass"] == pytest.approx(
+            256 * math.exp(-3.0), rel=1e-5
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            assert task.final_metrics(flow)["test_density_mass"] == pytest.approx(1.0, abs=1e-3)

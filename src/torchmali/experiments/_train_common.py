@@ -95,6 +95,11 @@ class Task:
         """Write task-specific figures into ``out``; return their file names."""
         return []
 
+    def final_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Checks too costly for every epoch, run once after training (rank 0, eval mode, no
+        grad); they go into ``metrics.json``'s ``final`` block."""
+        return {}
+
 
 class _LossModule(nn.Module):
     """Routes the loss computation through ``forward`` so DDP sees it."""
@@ -391,14 +396,16 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
         distributed.barrier(env)
     if env.is_main and history:
         plots = []
-        if not args.no_plots:
-            model.eval()
-            with torch.no_grad():
+        model.eval()
+        with torch.no_grad():
+            extra = task.final_metrics(model)
+            if not args.no_plots:
                 plots = [_plot_curves(history, task, out), *task.plot(model, out)]
-        _write_metrics(out, task, args, env, history, complete=True, plots=plots)
+        _write_metrics(out, task, args, env, history, complete=True, plots=plots, extra=extra)
         final = _final(history, task)
+        checks = "".join(f"{k} {v:.4g}, " for k, v in extra.items())
         print(
-            f"done: {task.metric} {final[task.metric]:.4f}, "
+            f"done: {task.metric} {final[task.metric]:.4f}, {checks}"
             f"{final['time_per_epoch_s']:.1f} s/epoch, peak {final['peak_memory_mb']:.0f} MiB; "
             f"wrote {out / METRICS}",
             flush=True,
@@ -414,6 +421,7 @@ def _write_metrics(
     history: list[dict],
     complete: bool,
     plots: list[str],
+    extra: dict[str, float] | None = None,
 ) -> None:
     atomic_write_json(
         {
@@ -426,7 +434,7 @@ def _write_metrics(
             "torch_threads": torch.get_num_threads(),
             "memory_measure": _memory_measure(env.device),
             "epochs": history,
-            "final": _final(history, task),
+            "final": {**_final(history, task), **(extra or {})},
             "plots": plots,
         },
         out / METRICS,
