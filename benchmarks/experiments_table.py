@@ -24,7 +24,7 @@ from pathlib import Path
 METRICS = {
     "image": ["test_accuracy"],
     "timeseries": ["test_mse_interp", "test_mse_extrap"],
-    "density": ["test_nll", "test_bits_per_dim"],
+    "density": ["test_nll", "test_bits_per_dim", "test_density_mass"],
 }
 
 
@@ -42,6 +42,8 @@ TOY_RUNS = {
     "checkerboard": "density_checkerboard-mali",
     "two spirals": "density_2spirals-mali",
     "moons": "density_moons-mali",
+    "checkerboard, h = 0.05": "density_checkerboard_h005-mali",
+    "two spirals, h = 0.05": "density_2spirals_h005-mali",
 }
 
 
