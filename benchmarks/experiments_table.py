@@ -42,8 +42,6 @@ TOY_RUNS = {
     "checkerboard": "density_checkerboard-mali",
     "two spirals": "density_2spirals-mali",
     "moons": "density_moons-mali",
-    "checkerboard, h = 0.05": "density_checkerboard_h005-mali",
-    "two spirals, h = 0.05": "density_2spirals_h005-mali",
 }
 
 

@@ -64,13 +64,22 @@ def planned_runs() -> dict[str, list[str]]:
         ]  # fmt: skip
     for toy in TOYS:
         runs[f"density_{toy}-mali"] = ["density", "--dataset", toy, "--gradient", "mali"]
-    for toy in ("checkerboard", "2spirals"):  # the two toys the default flow does not learn
-        runs[f"density_{toy}_wide-mali"] = [
-            "density", "--dataset", toy, "--hidden", "128", "--epochs", "300", "--gradient", "mali"
-        ]  # fmt: skip
-        runs[f"density_{toy}_h005-mali"] = [
-            "density", "--dataset", toy, "--step-size", "0.05", "--gradient", "mali"
-        ]  # fmt: skip
+    # checkerboard: finer steps, or a wider flow (whose density no longer integrates to 1)
+    runs["density_checkerboard_h005-mali"] = [
+        "density", "--dataset", "checkerboard", "--step-size", "0.05", "--gradient", "mali"
+    ]  # fmt: skip
+    runs["density_checkerboard_wide-mali"] = [
+        "density", "--dataset", "checkerboard", "--hidden", "128", "--epochs", "300",
+        "--gradient", "mali",
+    ]  # fmt: skip
+    # two spirals with the 8 steps of the other toys (its default is 20), and wider
+    runs["density_2spirals_h0125-mali"] = [
+        "density", "--dataset", "2spirals", "--step-size", "0.125", "--gradient", "mali"
+    ]  # fmt: skip
+    runs["density_2spirals_wide-mali"] = [
+        "density", "--dataset", "2spirals", "--step-size", "0.125", "--hidden", "128",
+        "--epochs", "300", "--gradient", "mali",
+    ]  # fmt: skip
     return runs
 
 

@@ -102,6 +102,8 @@ def test_quick_run_learns_and_writes_files(task: str, extra: list[str], tmp_path
         (["timeseries", "--dataset", "membrane", "--quick"], {"latent_dim": 4, "step_size": 0.05}),
         (["density"], {"hidden": 64, "epochs": 150, "batch_size": 500}),
         (["density", "--dataset", "digits"], {"hidden": 256, "epochs": 20, "batch_size": 100}),
+        (["density", "--dataset", "2spirals"], {"step_size": 0.05, "hidden": 64}),
+        (["density", "--dataset", "moons"], {"step_size": 0.125}),
         (["image"], {"width": 32}),
         (["image", "--data", "somewhere"], {"width": 64}),
         (["image", "--model", "resnet18"], {"width": 64}),
