@@ -185,22 +185,32 @@ def seed_summary(runs: list) -> None:
 
 
 def paired_summary(key: str, groups: dict[str, dict[int, float]]) -> None:
-    """MALI against the adjoint on the seeds both ran: wins, and the paired differences."""
-    for name, mali in sorted(groups.items()):
-        if not name.endswith("-mali"):
-            continue
-        adjoint = groups.get(name[: -len("mali")] + "adjoint", {})
-        seeds = sorted(set(mali) & set(adjoint))
-        if len(seeds) < 2:
-            continue
-        diff = [mali[s] - adjoint[s] for s in seeds]
-        better = max if key == "test_accuracy" else min
-        wins = sum(better(mali[s], adjoint[s]) == mali[s] and mali[s] != adjoint[s] for s in seeds)
-        print(
-            f"\n{name} vs adjoint, paired by seed: MALI better on {wins} of {len(seeds)} seeds; "
-            f"difference (MALI - adjoint) median {fmt(statistics.median(diff), key)}, "
-            f"mean {fmt(statistics.mean(diff), key)}"
-        )
+    """Every two gradient methods of one experiment, paired by seed: how often the first is
+    better, the median and mean differences, and a Wilcoxon signed-rank test (scipy)."""
+    from scipy.stats import wilcoxon
+
+    by_prefix: dict[str, dict[str, dict[int, float]]] = {}
+    for name, values in groups.items():
+        prefix, _, method = name.rpartition("-")
+        by_prefix.setdefault(prefix, {})[method] = values
+    better = max if key == "test_accuracy" else min
+    for prefix, methods in sorted(by_prefix.items()):
+        names = sorted(methods, key=lambda m: (m != "mali", m))  # MALI first
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                seeds = sorted(set(methods[a]) & set(methods[b]))
+                if len(seeds) < 2:
+                    continue
+                xa, xb = [methods[a][s] for s in seeds], [methods[b][s] for s in seeds]
+                diff = [u - v for u, v in zip(xa, xb, strict=True)]
+                wins = sum(better(u, v) == u and u != v for u, v in zip(xa, xb, strict=True))
+                p = wilcoxon(xa, xb).pvalue if any(diff) else 1.0
+                print(
+                    f"\n{prefix}: {a} vs {b}, paired by seed: {a} better on {wins} of "
+                    f"{len(seeds)} seeds; difference ({a} - {b}) median "
+                    f"{fmt(statistics.median(diff), key)}, mean {fmt(statistics.mean(diff), key)}; "
+                    f"Wilcoxon signed-rank p = {p:.2g}"
+                )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def test_tables_summarise_seeds_and_pair_mali_with_the_adjoint(results: Path, ca
     rows = [line for line in out.splitlines() if re.match(r"\| density-\w+-seed\d \|", line)]
     assert len(rows) == 4 and all("`mali`" in r or "`adjoint`" in r for r in rows)
     assert "| density-mali-seedS | 0, 1 |" in out
-    assert "density-mali vs adjoint, paired by seed" in out and "of 2 seeds" in out
+    assert "density: mali vs adjoint, paired by seed: mali better on" in out
+    assert "of 2 seeds" in out and "Wilcoxon signed-rank p = " in out
 
 
 def test_gradient_agreement_matches_exact_methods_to_round_off(results: Path, capsys) -> None:
