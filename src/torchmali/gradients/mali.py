@@ -287,10 +287,11 @@ def _check_drift(cfg: Mali, drift: float, parasitic: float, eta: float) -> None:
         message = (
             "ALF's parasitic mode at the final time exceeds parasitic_tol="
             f"{cfg.parasitic_tol:.3g} times the derivative (SolveStats.parasitic): ALF with "
-            "eta=1 is unstable on dissipative dynamics, so the forward solution (and its exact "
-            "gradient) is meaningless. Use a shorter horizon, a fixed step (adaptive steps "
-            "shrink without end), damping (options={'eta': 0.9}) on short horizons, or another "
-            "solver with gradient='checkpoint'"
+            "eta=1 is unstable on dissipative dynamics, so the forward solution is far from the "
+            "ODE's (MALI's gradient is exact for this discrete solve, not for the ODE). Use a "
+            "shorter horizon, a fixed step (adaptive steps shrink without end), damping "
+            "(options={'eta': 0.9}) on short horizons, or another solver with "
+            "gradient='checkpoint'"
         )
     else:
         return
