@@ -170,8 +170,8 @@ def seed_summary(runs: list) -> None:
     print(f"\n{key} over seeds:\n")
     print("| runs | seeds | per seed | mean | std | median | CPU s / epoch | NFE bwd / batch |")
     print("|---|---|---|---|---|---|---|---|")
-    rows_ = sorted(groups.items())
-    for group, values in rows_:
+    ordered = sorted(groups.items())
+    for group, values in ordered:
         xs = [f[key] for _, f in values]
         cpu = statistics.mean(f["cpu_time_per_epoch_s"] for _, f in values)
         nfe = statistics.mean(f["nfe_backward_per_batch"] for _, f in values)
@@ -181,7 +181,7 @@ def seed_summary(runs: list) -> None:
             f"{fmt(statistics.stdev(xs), key)} | {fmt(statistics.median(xs), key)} | "
             f"{cpu:.2f} | {nfe:.0f} |"
         )
-    paired_summary(key, {g: {seed: f[key] for seed, f in v} for g, v in rows_})
+    paired_summary(key, {g: {seed: f[key] for seed, f in v} for g, v in ordered})
 
 
 def paired_summary(key: str, groups: dict[str, dict[int, float]]) -> None:

@@ -16,6 +16,7 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,25 +114,29 @@ class _LossModule(nn.Module):
         return self._task[0].batch_loss(self.model, idx, epoch)
 
 
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``: a kill at any
+    moment leaves either the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same directory, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:
     """Write JSON to a temporary file, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    _atomic_write(
+        path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    )
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
     """Copy ``src`` to a temporary file beside ``dst``, then rename it over ``dst``."""
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _jsonable(x: Any) -> Any:
@@ -378,7 +383,7 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
                 },
                 ckpt_path,
             )
-            if getattr(args, "keep_checkpoints", False):
+            if args.keep_checkpoints:
                 _atomic_copy(ckpt_path, out / f"checkpoint-epoch{epoch}.pt")
             checks = (
                 f"drift {record['drift_max']:.1e}  parasitic {record['parasitic_max']:.2g}  "
