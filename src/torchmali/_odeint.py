@@ -16,6 +16,8 @@ from torch import nn
 
 from ._loop import Problem
 from ._options import Options
+from ._params import ParamsProbe, resolve_params
+from ._precision import check_tolerances, tolerance_values, working_dtype
 from ._solution import Solution, SolveStats
 from ._tree import RHS, Structure, module_of
 from .gradients import resolve
@@ -112,9 +114,12 @@ def solve(
     grad = resolve(gradient)
     grad.check(solver, opts.step_size is not None)
     f = RHS(func, structure, sign, seed=_rng_seed(func))
+    work = working_dtype(structure.dtype)
+    if work != structure.dtype:  # bfloat16 / float16: integrate in float32 (see _precision)
+        f.working_dtype, y0_flat = work, y0_flat.to(work)
     tol = _tolerance(structure, rtol, atol, opts)
     problem = Problem(f=f, solver=solver, options=opts, tol=tol, t_out=[sign * v for v in t_list])
-    param_tuple = _params(func, params, grad)
+    param_tuple = _params(func, params, grad, f)
     stats = SolveStats(method=method, gradient=grad.name)
 
     s_tensor = t_tensor * sign if sign < 0 else t_tensor
@@ -126,11 +131,11 @@ def solve(
         outputs = [outputs[0]] + [
             _shift_output(f, problem.t_out[k], s_tensor[k], y) for k, y in enumerate(outputs) if k
         ]
-        outputs[0] = structure.flatten(y0)
+        outputs[0] = structure.flatten(y0).to(work)
     stats.nfe_forward = f.nfe
     stats.n_accepted = record.n_steps
     stats.n_rejected = record.n_rejected
-    ys = structure.unflatten(torch.stack(outputs))
+    ys = structure.unflatten(torch.stack(outputs).to(structure.dtype))
     ts = torch.tensor(record.ts, dtype=torch.float64) * sign
     return Solution(ys=ys, ts=ts, stats=stats)
 
@@ -185,12 +190,11 @@ def _make_solver(method: str, opts: Options):
 
 def _tolerance(structure: Structure, rtol, atol, opts: Options) -> Tolerance:
     values = {}
+    work = working_dtype(structure.dtype)
     for name, value in (("rtol", rtol), ("atol", atol)):
-        v = structure.per_tensor(value, name)
-        vals = [v] if isinstance(v, float) else v.tolist()
-        if not all(math.isfinite(x) and x >= 0 for x in vals):
-            raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
-        values[name] = v
+        v = structure.per_tensor(tolerance_values(value, name), name)
+        values[name] = v.to(work) if isinstance(v, torch.Tensor) else v
+    check_tolerances(values["rtol"], values["atol"], structure.dtype, opts.step_size is None)
     norm = rms_norm
     if opts.norm is not None:
         user_norm = opts.norm
@@ -198,25 +202,12 @@ def _tolerance(structure: Structure, rtol, atol, opts: Options) -> Tolerance:
     return Tolerance(rtol=values["rtol"], atol=values["atol"], norm=norm)
 
 
-def _params(func, params, grad: GradientMethod) -> tuple[torch.Tensor, ...]:
-    if params is not None:
-        params = tuple(params)
-        for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
-        return tuple(p for p in params if p.requires_grad)
-    module = module_of(func)
-    if module is not None:
-        return tuple(p for p in module.parameters() if p.requires_grad)
-    if grad.name != "direct":
-        captured = _captured_trainables(func)
-        if captured:
-            raise ValueError(
-                f"func is not an nn.Module but uses {captured} tensor(s) or module(s) that "
-                f"require grad; gradient={grad.name!r} can only differentiate what it is given: "
-                "pass them as params=[...] (or make func an nn.Module)"
-            )
-    return ()
+def _params(func, params, grad: GradientMethod, f: RHS) -> tuple[torch.Tensor, ...]:
+    """The tensors to differentiate; installs the check of func's tensors (see ``_params.py``)."""
+    param_tuple, check = resolve_params(func, params)
+    if check and grad.name != "direct" and torch.is_grad_enabled():
+        f.probe = ParamsProbe(param_tuple, grad.name, module_of(func) is not None)
+    return param_tuple
 
 
 def _rng_seed(func) -> int | None:
@@ -242,27 +233,6 @@ _DROPOUT = (
     nn.AlphaDropout,
     nn.FeatureAlphaDropout,
 )
-
-
-def _captured_trainables(func) -> int:
-    """Count tensors requiring grad / modules with trainable parameters that func closes over."""
-    cells = [c.cell_contents for c in (getattr(func, "__closure__", None) or ()) if _has(c)]
-    cells += list(getattr(func, "__defaults__", None) or ())
-    count = 0
-    for obj in cells:
-        if isinstance(obj, torch.Tensor) and obj.requires_grad:
-            count += 1
-        elif isinstance(obj, nn.Module) and any(p.requires_grad for p in obj.parameters()):
-            count += 1
-    return count
-
-
-def _has(cell) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018
-    except ValueError:
-        return False
-    return True
 
 
 def _shift_start(f: RHS, s0: float, s0_tensor: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
