@@ -17,9 +17,10 @@ from torch import nn
 from ._loop import Problem
 from ._options import Options
 from ._params import ParamsProbe, resolve_params
-from ._precision import check_tolerances, tolerance_values, working_dtype
+from ._precision import check_tolerances, working_dtype
 from ._solution import Solution, SolveStats
 from ._tree import RHS, Structure, module_of
+from ._validate import check_times, tolerance_values
 from .gradients import resolve
 from .gradients.base import GradientMethod
 from .solvers import ALF, SOLVERS
@@ -141,15 +142,7 @@ def solve(
 
 
 def _check_t(t) -> tuple[torch.Tensor, list[float], float]:
-    if not isinstance(t, torch.Tensor):
-        try:
-            t = torch.as_tensor(t, dtype=torch.float64)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}") from e
-    if t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
+    t = check_times(t)
     values = [float(v) for v in t.detach().to(torch.float64).cpu()]
     if not all(math.isfinite(v) for v in values):
         raise ValueError("t contains NaN or Inf values")

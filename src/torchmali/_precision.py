@@ -13,7 +13,6 @@ and float16 divided by an ``atol`` that rounds to 0).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
@@ -29,49 +28,6 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
 def unit_roundoff(dtype: torch.dtype) -> float:
     """Half the machine epsilon: the largest relative rounding error of ``dtype``."""
     return torch.finfo(dtype).eps / 2
-
-
-def tolerance_values(value: object, name: str) -> float | list[float]:
-    """Validate ``rtol`` / ``atol``: a number, or a sequence (1-D tensor) of numbers.
-
-    Returns the float, or the list of floats (one per tensor of a tuple state).
-
-    Raises:
-        TypeError: not a number or a sequence of numbers.
-        ValueError: NaN, infinite or negative values.
-    """
-    if isinstance(value, torch.Tensor):
-        if (
-            value.dim() > 1
-            or value.is_complex()
-            or not (value.is_floating_point() or value.dtype in _INT_DTYPES)
-        ):
-            raise TypeError(
-                f"{name} must be a number or a 1-D tensor of numbers (one per tensor of a tuple "
-                f"state), got a {value.dtype} tensor of shape {tuple(value.shape)}"
-            )
-        values: float | list[float] = (
-            float(value) if value.dim() == 0 else [float(v) for v in value.detach().cpu()]
-        )
-    elif _is_real(value):
-        values = float(value)  # type: ignore[arg-type]
-    elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        for i, v in enumerate(value):
-            if not _is_real(v):
-                raise TypeError(
-                    f"{name}[{i}] must be a number, got {_describe(v)}: pass one float per "
-                    f"tensor of the tuple state, e.g. {name}=[1e-6, 1e-6]"
-                )
-        values = [float(v) for v in value]
-    else:
-        raise TypeError(
-            f"{name} must be a number (or, for a tuple state, one number per tensor), got "
-            f"{_describe(value)}: pass a float such as {name}={_EXAMPLE[name]}"
-        )
-    for v in values if isinstance(values, list) else [values]:
-        if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
-    return values
 
 
 def check_tolerances(
@@ -116,20 +72,6 @@ def check_tolerances(
             f"{u:.3g}): a {_name(dtype)} answer cannot meet it. Use rtol >= {_round_up(u)}, "
             f"rtol=0 with atol > 0 for pure absolute error control, {how}"
         )
-
-
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-_EXAMPLE = {"rtol": "1e-6", "atol": "1e-8"}
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _describe(v: object) -> str:
-    if isinstance(v, str):
-        return f"str {v!r}"
-    return type(v).__name__ if v is not None else "None"
 
 
 def _name(dtype: torch.dtype) -> str:
