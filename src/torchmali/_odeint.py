@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._bookkeeping import untouched
 from ._loop import Problem
 from ._options import Options
 from ._params import ParamsProbe, resolve_params
@@ -230,7 +231,7 @@ _DROPOUT = (
 
 def _shift_start(f: RHS, s0: float, s0_tensor: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
     """Attach ``∂y(t_k)/∂t0 = -Φ(t_k, t0) f(t0, y0)`` by shifting y0 by ``-(t0 - t0') f``."""
-    with torch.no_grad():
+    with torch.no_grad(), untouched(f.func, y0.device):
         f0 = f(s0, y0)
     delta = (s0_tensor - s0_tensor.detach()).to(y0.dtype)
     return y0 - delta * f0
@@ -238,7 +239,7 @@ def _shift_start(f: RHS, s0: float, s0_tensor: torch.Tensor, y0: torch.Tensor) -
 
 def _shift_output(f: RHS, s: float, s_tensor: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Attach ``∂y(t_k)/∂t_k = f(t_k, y(t_k))`` to an output."""
-    with torch.no_grad():
+    with torch.no_grad(), untouched(f.func, y.device):
         fk = f(s, y)
     delta = (s_tensor - s_tensor.detach()).to(y.dtype)
     return y + delta * fk
