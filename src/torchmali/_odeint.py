@@ -8,7 +8,7 @@ its dtype. Solvers and gradient methods only ever see the normalised problem.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -53,7 +53,7 @@ def odeint(
     options: dict[str, Any] | None = None,
     *,
     gradient: str | GradientMethod = "direct",
-    params: Sequence[torch.Tensor] | None = None,
+    params: Iterable[torch.Tensor] | None = None,
 ) -> State:
     """Integrate ``dy/dt = func(t, y)`` and return ``y`` at every time in ``t``.
 
@@ -63,10 +63,17 @@ def odeint(
         func: any callable ``func(t, y)`` returning ``dy/dt`` with the structure, shape and dtype
             of ``y``; ``t`` is passed as a 0-dim tensor of the state's dtype and device.
         y0: the initial state: a tensor, or a tuple of tensors (same dtype and device).
-        t: 1-D tensor of output times, strictly increasing or strictly decreasing; ``t[0]`` is the
-            initial time.
-        rtol: relative tolerance; a number, or one number per tensor of a tuple state.
-        atol: absolute tolerance; a number, or one number per tensor of a tuple state.
+            bfloat16 and float16 states are integrated in float32 (the solver's state, error
+            estimate and step control) while ``func`` runs in the state's dtype; the outputs are
+            returned in that dtype and gradients flow through the casts.
+        t: 1-D tensor (or sequence) of output times, strictly increasing or strictly
+            decreasing; ``t[0]`` is the initial time.
+        rtol: relative tolerance; a number, or one number per tensor of a tuple state. An
+            adaptive solve refuses ``rtol`` below the unit roundoff of ``y0``'s dtype (0.0039
+            bfloat16, 4.9e-4 float16, 6e-8 float32, 1.1e-16 float64: no answer in that dtype can
+            meet it); ``rtol=0`` (pure absolute control) is allowed with ``atol > 0``.
+        atol: absolute tolerance; a number, or one number per tensor of a tuple state
+            (``rtol`` and ``atol`` may not both be 0).
         method: solver name (default ``"dopri5"``): fixed grid ``euler``, ``midpoint``, ``heun``,
             ``rk4``; adaptive ``adaptive_heun``, ``bosh3``, ``dopri5``, ``tsit5``; and ``alf``
             (adaptive, or fixed with ``options={"step_size": h}``).
@@ -74,8 +81,16 @@ def odeint(
         gradient: ``"direct"``, ``"mali"``, ``"checkpoint"`` (``"aca"``, ``"anode"``),
             ``"binomial"`` (``"revolve"``), ``"adjoint"``, or a configuration object such as
             ``torchmali.Binomial(checkpoints=8)``.
-        params: the tensors to differentiate for memory-efficient gradient methods when ``func``
-            is not an ``nn.Module`` (for a module they default to its parameters).
+        params: the tensors a memory-efficient gradient method (every method but ``direct``)
+            differentiates besides ``y0``; default: the parameters of an ``nn.Module`` ``func``
+            (or of the module of a bound method), else none. With autograd enabled, the solve's
+            first evaluation of ``func`` is made with graph and its leaves are checked: a tensor
+            requiring grad that ``func`` uses but ``params`` does not cover (a module-level
+            ``net`` in a lambda, a list ``[W]``, ``functools.partial(g, A=W)``, a callable
+            object's attribute, a global tensor in a module) raises a ``ValueError`` with its
+            shape, instead of silently getting no gradient. Non-leaf tensors may be params.
+            ``params=()`` explicitly differentiates none of ``func``'s tensors (no check).
+            The check costs no evaluation (see ``torchmali._params``).
 
     Returns:
         The solution at every time in ``t``, stacked along a new leading dimension (a tuple of
@@ -98,7 +113,7 @@ def solve(
     options: dict[str, Any] | None = None,
     *,
     gradient: str | GradientMethod = "direct",
-    params: Sequence[torch.Tensor] | None = None,
+    params: Iterable[torch.Tensor] | None = None,
 ) -> Solution:
     """Like :func:`odeint`, but return a :class:`Solution` with the accepted grid and statistics."""
     structure = Structure.of(y0)
