@@ -286,3 +286,14 @@ def test_params_must_be_tensors(params, error, match):
     y0 = torch.ones(2, dtype=torch.float64)
     with pytest.raises(error, match=match):
         torchmali.odeint(lambda t, y: -y, y0, [0.0, 1.0], params=params)
+
+
+def test_adjoint_params_are_validated_and_may_be_a_generator():
+    y0 = torch.ones(DIM, dtype=torch.float64)
+    with pytest.raises(TypeError, match="params must be an iterable of tensors, got int"):
+        torchmali.odeint_adjoint(lambda t, y: -y, y0, [0.0, 1.0], adjoint_params=3)
+    NET.zero_grad(set_to_none=True)
+    ys = torchmali.odeint_adjoint(lambda t, y: NET(y), y0, [0.0, 1.0],
+                                  adjoint_params=NET.parameters())  # fmt: skip
+    ys.sum().backward()
+    assert all(p.grad is not None for p in NET.parameters())
