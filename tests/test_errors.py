@@ -306,3 +306,87 @@ def test_max_num_steps_fixed(y0, t):
         torchmali.odeint(
             decay, y0, t, method="rk4", options={"step_size": 0.01, "max_num_steps": 10}
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Every numeric argument names what it got and the fix (issue 11.5).
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        ({"rtol": "1e-3"}, TypeError, r"rtol must be a number .*got str '1e-3'.*rtol=0\.001"),
+        ({"atol": "tiny"}, TypeError, r"atol must be a number .*got str 'tiny'.*atol=1e-8"),
+        ({"rtol": None}, TypeError, "rtol must be a number .*got None"),
+        ({"atol": True}, TypeError, "atol must be a number .*got bool"),
+        ({"rtol": 1e-3j}, TypeError, "rtol must be a number .*got complex"),
+        ({"rtol": [1e-6, "1e-6"]}, TypeError, r"rtol\[1\] must be a number, got str"),
+        ({"atol": torch.ones(2, 2)}, TypeError, r"atol must be a number or a 1-D tensor"),
+    ],
+)
+def test_tolerance_types(kw, error, match, y0, t):
+    with pytest.raises(error, match=match):
+        torchmali.odeint(decay, y0, t, **kw)
+
+
+def test_tolerance_numpy_and_tensor_numbers_are_accepted(y0, t):
+    np = pytest.importorskip("numpy")
+    torchmali.odeint(decay, y0, t, rtol=np.float64(1e-6), atol=torch.tensor(1e-8))
+    pair = (y0, y0)
+    torchmali.odeint(lambda t, y: y, pair, t, rtol=np.array([1e-6, 1e-5]), atol=(1e-8, 1e-8))
+
+
+@pytest.mark.parametrize(
+    ("times", "error", "match"),
+    [
+        (None, TypeError, r"t must be a 1-D tensor of times, got None: pass e\.g\. t="),
+        (1.0, ValueError, r"got the number 1\.0: pass e\.g\. t=\[0\.0, 1\.0\]"),
+        ([0.0, "1"], TypeError, r"t\[1\] must be a number \(a time\), got str '1'"),
+        (torch.tensor([0j, 1j]), TypeError, "t must hold real times, got a torch.complex64"),
+        (torch.tensor([False, True]), TypeError, "t must hold real times, got a torch.bool"),
+        (torch.tensor(1.0), ValueError, r"got shape \(\): pass e\.g\. t=\[0\.0, 1\.0\]"),
+    ],
+)
+def test_time_types(times, error, match, y0):
+    with pytest.raises(error, match=match):
+        torchmali.odeint(decay, y0, times)
+
+
+def test_time_sequences_are_accepted(y0):
+    np = pytest.importorskip("numpy")
+    for times in ((0, 1), range(3), np.array([0.0, 0.5]), [torch.tensor(0.0), 1.0]):
+        assert torchmali.odeint(decay, y0, times).shape[0] == len(times)
+
+
+@pytest.mark.parametrize(
+    ("option", "error", "match"),
+    [
+        (
+            {"max_num_steps": "many"},
+            TypeError,
+            r"max_num_steps'\] must be a number, got str .*an integer",
+        ),
+        (
+            {"max_num_steps": None},
+            TypeError,
+            r"got None: leave the key out for the default \(100000\)",
+        ),
+        ({"max_num_steps": math.inf}, ValueError, "max_num_steps'] must be a positive integer"),
+        ({"safety": "0.9"}, TypeError, r"options\['safety'\] must be a number, got str '0\.9'"),
+        ({"max_step": None}, TypeError, r"max_step'\] must be a number, got None.*default \(inf\)"),
+        ({"dfactor": 0.2j}, TypeError, r"dfactor'\] must be a number, got complex"),
+        ({"step_t": 0.5}, TypeError, r"step_t'\] must be a sequence of times, got float.*\[0\.5\]"),
+        ({"step_t": "0.5"}, TypeError, r"step_t'\] must be a sequence of times, got str"),
+        ({"step_t": [0.5, "x"]}, TypeError, r"step_t'\]\[1\] must be a number"),
+        ({"step_t": torch.tensor([0.5j])}, TypeError, "step_t'] must hold real times"),
+    ],
+)
+def test_option_types(option, error, match, y0, t):
+    with pytest.raises(error, match=match):
+        torchmali.odeint(decay, y0, t, options=option)
+
+
+def test_numpy_option_values_are_accepted(y0, t):
+    np = pytest.importorskip("numpy")
+    opts = {"max_num_steps": np.int64(1000), "safety": np.float32(0.8), "step_t": np.array([0.5])}
+    torchmali.odeint(decay, y0, t, options=opts)

@@ -245,3 +245,118 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
         # single-process run up to float32 round-off, which training amplifies a little.
         assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=2e-3)
         assert eb["test_loss"] == pytest.approx(ea["test_loss"], rel=2e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and options the command line refuses with one line (exit 2), never a traceback.
+
+
+def _one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+def test_out_is_an_existing_file(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    assert main(["train", "density", "--quick", "--out", str(target)]) == 2
+    _one_line_error(capsys, str(target), "existing file", "choose another --out")
+    assert main(["bench", "--libraries", "torchmali", "--out", str(target)]) == 2
+    _one_line_error(capsys, str(target), "existing file")
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_out_cannot_be_created(where: str, tmp_path: Path, capsys) -> None:
+    if where == "under_a_file":
+        (tmp_path / "f").write_text("")
+        out = tmp_path / "f" / "bench"
+    else:
+        out = Path("/proc/torchmali-test/bench")  # not creatable, not even by root
+        if not Path("/proc").is_dir():
+            pytest.skip("no /proc")
+    argv = ["bench", "--workloads", "mlp", "--steps", "2", "--libraries", "torchmali"]
+    assert main([*argv, "--gradients", "direct", "--no-adaptive", "--out", str(out)]) == 2
+    _one_line_error(capsys, f"cannot create the --out directory {out}", "choose a writable --out")
+    assert main(["train", "density", "--quick", "--out", str(out)]) == 2
+    _one_line_error(capsys, str(out))
+
+
+def _checkpoint_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    keys = ("epoch", "model", "optimizer", "scheduler", "rng", "history", "config")
+    torch.save({k: {"weights": torch.arange(1000.0)} for k in keys}, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x00garbage" * 10, "(corrupt or truncated?): delete it or use a fresh --out"),
+        (b"", "(corrupt or truncated?)"),
+        (_checkpoint_bytes()[:2000], "(corrupt or truncated?)"),
+        (None, "is not a torchmali train checkpoint: delete it or use a fresh --out"),
+    ],
+    ids=["garbage", "empty", "truncated", "not_a_checkpoint"],
+)
+def test_resume_from_an_unreadable_checkpoint(content, message, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "checkpoint.pt"
+    if content is None:
+        torch.save([1, 2, 3], path)
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    argv = ["train", "density", "--quick", "--resume", "--out", str(tmp_path), *RUN]
+    assert main(argv) == 2
+    _one_line_error(capsys, f"{path}", message)
+    assert path.read_bytes() == before  # never overwritten
+
+
+def test_unreadable_checkpoint_exits_2_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    proc = subprocess.run(
+        cli("density", "--quick", "--resume", "--out", str(tmp_path)),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"torchmali train: error: cannot read {tmp_path / 'checkpoint.pt'} (corrupt or "
+        "truncated?): delete it or use a fresh --out (UnpicklingError)"
+    ]
+
+
+def test_os_errors_are_one_line(monkeypatch, capsys) -> None:
+    import errno
+
+    from torchmali.experiments import train
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", "OUT/metrics.json")
+
+    monkeypatch.setattr(train, "run_task", full_disk)
+    assert main(["train", "density", "--quick"]) == 2
+    _one_line_error(capsys, "OUT/metrics.json", "No space left on device")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "timeseries", "--data", "x"],  # used to become --dataset
+        ["train", "density", "--quic"],
+        ["train", "image", "--grad", "mali"],
+        ["bench", "--work", "mlp"],
+    ],
+)
+def test_abbreviated_options_are_refused(argv: list[str], capsys) -> None:
+    from torchmali.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

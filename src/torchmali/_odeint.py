@@ -8,16 +8,20 @@ its dtype. Solvers and gradient methods only ever see the normalised problem.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._bookkeeping import untouched
 from ._loop import Problem
 from ._options import Options
+from ._params import ParamsProbe, resolve_params
+from ._precision import check_tolerances, working_dtype
 from ._solution import Solution, SolveStats
 from ._tree import RHS, Structure, module_of
+from ._validate import check_times, tolerance_values
 from .gradients import resolve
 from .gradients.base import GradientMethod
 from .solvers import ALF, SOLVERS
@@ -49,7 +53,7 @@ def odeint(
     options: dict[str, Any] | None = None,
     *,
     gradient: str | GradientMethod = "direct",
-    params: Sequence[torch.Tensor] | None = None,
+    params: Iterable[torch.Tensor] | None = None,
 ) -> State:
     """Integrate ``dy/dt = func(t, y)`` and return ``y`` at every time in ``t``.
 
@@ -59,10 +63,17 @@ def odeint(
         func: any callable ``func(t, y)`` returning ``dy/dt`` with the structure, shape and dtype
             of ``y``; ``t`` is passed as a 0-dim tensor of the state's dtype and device.
         y0: the initial state: a tensor, or a tuple of tensors (same dtype and device).
-        t: 1-D tensor of output times, strictly increasing or strictly decreasing; ``t[0]`` is the
-            initial time.
-        rtol: relative tolerance; a number, or one number per tensor of a tuple state.
-        atol: absolute tolerance; a number, or one number per tensor of a tuple state.
+            bfloat16 and float16 states are integrated in float32 (the solver's state, error
+            estimate and step control) while ``func`` runs in the state's dtype; the outputs are
+            returned in that dtype and gradients flow through the casts.
+        t: 1-D tensor (or sequence) of output times, strictly increasing or strictly
+            decreasing; ``t[0]`` is the initial time.
+        rtol: relative tolerance; a number, or one number per tensor of a tuple state. An
+            adaptive solve refuses ``rtol`` below the unit roundoff of ``y0``'s dtype (0.0039
+            bfloat16, 4.9e-4 float16, 6e-8 float32, 1.1e-16 float64: no answer in that dtype can
+            meet it); ``rtol=0`` (pure absolute control) is allowed with ``atol > 0``.
+        atol: absolute tolerance; a number, or one number per tensor of a tuple state
+            (``rtol`` and ``atol`` may not both be 0).
         method: solver name (default ``"dopri5"``): fixed grid ``euler``, ``midpoint``, ``heun``,
             ``rk4``; adaptive ``adaptive_heun``, ``bosh3``, ``dopri5``, ``tsit5``; and ``alf``
             (adaptive, or fixed with ``options={"step_size": h}``).
@@ -70,8 +81,16 @@ def odeint(
         gradient: ``"direct"``, ``"mali"``, ``"checkpoint"`` (``"aca"``, ``"anode"``),
             ``"binomial"`` (``"revolve"``), ``"adjoint"``, or a configuration object such as
             ``torchmali.Binomial(checkpoints=8)``.
-        params: the tensors to differentiate for memory-efficient gradient methods when ``func``
-            is not an ``nn.Module`` (for a module they default to its parameters).
+        params: the tensors a memory-efficient gradient method (every method but ``direct``)
+            differentiates besides ``y0``; default: the parameters of an ``nn.Module`` ``func``
+            (or of the module of a bound method), else none. With autograd enabled, the solve's
+            first evaluation of ``func`` is made with graph and its leaves are checked: a tensor
+            requiring grad that ``func`` uses but ``params`` does not cover (a module-level
+            ``net`` in a lambda, a list ``[W]``, ``functools.partial(g, A=W)``, a callable
+            object's attribute, a global tensor in a module) raises a ``ValueError`` with its
+            shape, instead of silently getting no gradient. Non-leaf tensors may be params.
+            ``params=()`` explicitly differentiates none of ``func``'s tensors (no check).
+            The check costs no evaluation (see ``torchmali._params``).
 
     Returns:
         The solution at every time in ``t``, stacked along a new leading dimension (a tuple of
@@ -94,7 +113,7 @@ def solve(
     options: dict[str, Any] | None = None,
     *,
     gradient: str | GradientMethod = "direct",
-    params: Sequence[torch.Tensor] | None = None,
+    params: Iterable[torch.Tensor] | None = None,
 ) -> Solution:
     """Like :func:`odeint`, but return a :class:`Solution` with the accepted grid and statistics."""
     structure = Structure.of(y0)
@@ -112,9 +131,12 @@ def solve(
     grad = resolve(gradient)
     grad.check(solver, opts.step_size is not None)
     f = RHS(func, structure, sign, seed=_rng_seed(func))
+    work = working_dtype(structure.dtype)
+    if work != structure.dtype:  # bfloat16 / float16: integrate in float32 (see _precision)
+        f.working_dtype, y0_flat = work, y0_flat.to(work)
     tol = _tolerance(structure, rtol, atol, opts)
     problem = Problem(f=f, solver=solver, options=opts, tol=tol, t_out=[sign * v for v in t_list])
-    param_tuple = _params(func, params, grad)
+    param_tuple = _params(func, params, grad, f)
     stats = SolveStats(method=method, gradient=grad.name)
 
     s_tensor = t_tensor * sign if sign < 0 else t_tensor
@@ -126,25 +148,17 @@ def solve(
         outputs = [outputs[0]] + [
             _shift_output(f, problem.t_out[k], s_tensor[k], y) for k, y in enumerate(outputs) if k
         ]
-        outputs[0] = structure.flatten(y0)
+        outputs[0] = structure.flatten(y0).to(work)
     stats.nfe_forward = f.nfe
     stats.n_accepted = record.n_steps
     stats.n_rejected = record.n_rejected
-    ys = structure.unflatten(torch.stack(outputs))
+    ys = structure.unflatten(torch.stack(outputs).to(structure.dtype))
     ts = torch.tensor(record.ts, dtype=torch.float64) * sign
     return Solution(ys=ys, ts=ts, stats=stats)
 
 
 def _check_t(t) -> tuple[torch.Tensor, list[float], float]:
-    if not isinstance(t, torch.Tensor):
-        try:
-            t = torch.as_tensor(t, dtype=torch.float64)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}") from e
-    if t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor of times, got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.to(torch.float64)
+    t = check_times(t)
     values = [float(v) for v in t.detach().to(torch.float64).cpu()]
     if not all(math.isfinite(v) for v in values):
         raise ValueError("t contains NaN or Inf values")
@@ -185,12 +199,11 @@ def _make_solver(method: str, opts: Options):
 
 def _tolerance(structure: Structure, rtol, atol, opts: Options) -> Tolerance:
     values = {}
+    work = working_dtype(structure.dtype)
     for name, value in (("rtol", rtol), ("atol", atol)):
-        v = structure.per_tensor(value, name)
-        vals = [v] if isinstance(v, float) else v.tolist()
-        if not all(math.isfinite(x) and x >= 0 for x in vals):
-            raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
-        values[name] = v
+        v = structure.per_tensor(tolerance_values(value, name), name)
+        values[name] = v.to(work) if isinstance(v, torch.Tensor) else v
+    check_tolerances(values["rtol"], values["atol"], structure.dtype, opts.step_size is None)
     norm = rms_norm
     if opts.norm is not None:
         user_norm = opts.norm
@@ -198,25 +211,12 @@ def _tolerance(structure: Structure, rtol, atol, opts: Options) -> Tolerance:
     return Tolerance(rtol=values["rtol"], atol=values["atol"], norm=norm)
 
 
-def _params(func, params, grad: GradientMethod) -> tuple[torch.Tensor, ...]:
-    if params is not None:
-        params = tuple(params)
-        for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"params[{i}] must be a tensor, got {type(p).__name__}")
-        return tuple(p for p in params if p.requires_grad)
-    module = module_of(func)
-    if module is not None:
-        return tuple(p for p in module.parameters() if p.requires_grad)
-    if grad.name != "direct":
-        captured = _captured_trainables(func)
-        if captured:
-            raise ValueError(
-                f"func is not an nn.Module but uses {captured} tensor(s) or module(s) that "
-                f"require grad; gradient={grad.name!r} can only differentiate what it is given: "
-                "pass them as params=[...] (or make func an nn.Module)"
-            )
-    return ()
+def _params(func, params, grad: GradientMethod, f: RHS) -> tuple[torch.Tensor, ...]:
+    """The tensors to differentiate; installs the check of func's tensors (see ``_params.py``)."""
+    param_tuple, check = resolve_params(func, params)
+    if check and grad.name != "direct" and torch.is_grad_enabled():
+        f.probe = ParamsProbe(param_tuple, grad.name, module_of(func) is not None)
+    return param_tuple
 
 
 def _rng_seed(func) -> int | None:
@@ -244,30 +244,9 @@ _DROPOUT = (
 )
 
 
-def _captured_trainables(func) -> int:
-    """Count tensors requiring grad / modules with trainable parameters that func closes over."""
-    cells = [c.cell_contents for c in (getattr(func, "__closure__", None) or ()) if _has(c)]
-    cells += list(getattr(func, "__defaults__", None) or ())
-    count = 0
-    for obj in cells:
-        if isinstance(obj, torch.Tensor) and obj.requires_grad:
-            count += 1
-        elif isinstance(obj, nn.Module) and any(p.requires_grad for p in obj.parameters()):
-            count += 1
-    return count
-
-
-def _has(cell) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018
-    except ValueError:
-        return False
-    return True
-
-
 def _shift_start(f: RHS, s0: float, s0_tensor: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
     """Attach ``∂y(t_k)/∂t0 = -Φ(t_k, t0) f(t0, y0)`` by shifting y0 by ``-(t0 - t0') f``."""
-    with torch.no_grad():
+    with torch.no_grad(), untouched(f.func, y0.device):
         f0 = f(s0, y0)
     delta = (s0_tensor - s0_tensor.detach()).to(y0.dtype)
     return y0 - delta * f0
@@ -275,7 +254,7 @@ def _shift_start(f: RHS, s0: float, s0_tensor: torch.Tensor, y0: torch.Tensor) -
 
 def _shift_output(f: RHS, s: float, s_tensor: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Attach ``∂y(t_k)/∂t_k = f(t_k, y(t_k))`` to an output."""
-    with torch.no_grad():
+    with torch.no_grad(), untouched(f.func, y.device):
         fk = f(s, y)
     delta = (s_tensor - s_tensor.detach()).to(y.dtype)
     return y + delta * fk

@@ -63,5 +63,8 @@ def odeint_adjoint(
     gradient = Adjoint(
         rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adjoint_options
     )
-    params = None if adjoint_params is None else tuple(adjoint_params)
-    return odeint(func, y0, t, rtol, atol, method, options, gradient=gradient, params=params)
+    # adjoint_params is validated by odeint's params= (``adjoint_params=3`` is a TypeError
+    # naming the fix, not "'int' object is not iterable")
+    return odeint(
+        func, y0, t, rtol, atol, method, options, gradient=gradient, params=adjoint_params
+    )

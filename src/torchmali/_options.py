@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import numbers
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -75,11 +76,12 @@ class Options:
             elif key == "step_t":
                 kw[key] = _times(value)
             elif key == "max_num_steps":
-                if int(value) != value or value < 1:
+                number = _number(key, value)
+                if not (math.isfinite(number) and number == int(number) and number >= 1):
                     raise ValueError(
                         f"options['max_num_steps'] must be a positive integer, got {value!r}"
                     )
-                kw[key] = int(value)
+                kw[key] = int(number)
             else:
                 kw[key] = _number(key, value)
         opts = cls(**kw)
@@ -120,18 +122,45 @@ def _number(key: str, value: Any) -> float:
                 f"options[{key!r}] must be a scalar, got a tensor of shape {tuple(value.shape)}"
             )
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"options[{key!r}] must be a number, got {type(value).__name__}")
+    if value is None:
+        default = getattr(Options(), key, None)
+        raise TypeError(
+            f"options[{key!r}] must be a number, got None: leave the key out for the default "
+            f"({default!r})"
+        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        got = f"str {value!r}" if isinstance(value, str) else type(value).__name__
+        raise TypeError(
+            f"options[{key!r}] must be a number, got {got}: pass "
+            f"{'an integer' if key == 'max_num_steps' else 'a float'}, e.g. "
+            f"options={{{key!r}: {_EXAMPLES.get(key, 0.1)!r}}}"
+        )
     value = float(value)
     if math.isnan(value):
         raise ValueError(f"options[{key!r}] is NaN")
     return value
 
 
+_EXAMPLES = {"max_num_steps": 10_000, "safety": 0.9, "ifactor": 10.0, "dfactor": 0.2, "eta": 1.0}
+
+
 def _times(value: Any) -> tuple[float, ...]:
     if isinstance(value, torch.Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"options['step_t'] must hold real times, got a {value.dtype} tensor")
         value = value.detach().reshape(-1).tolist()
-    out = tuple(float(v) for v in value)
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"options['step_t'] must be a sequence of times, got {type(value).__name__}: pass "
+            "e.g. options={'step_t': [0.5]}"
+        )
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(
+                f"options['step_t'][{i}] must be a number (a time), got {type(v).__name__}"
+            )
+        out.append(float(v))
     if not all(math.isfinite(v) for v in out):
         raise ValueError("options['step_t'] must hold finite times")
-    return out
+    return tuple(out)

@@ -101,7 +101,18 @@ class RHS:
     backward pass that recomputes any step (checkpoint, binomial, mali) sees exactly the masks
     the forward pass saw, with no RNG state stored per step. The global RNG stream is left
     untouched by the evaluations.
+
+    Low-precision states (bfloat16, float16): the solver's state and error control stay in
+    ``working_dtype`` (float32) while ``func`` runs in the user's dtype: the state is cast to it
+    on the way in and the derivative back to ``working_dtype`` on the way out (both casts are
+    differentiable).
     """
+
+    #: the dtype of the solver's state when it differs from the user's (see the class docstring)
+    working_dtype: torch.dtype | None = None
+    #: called as ``probe(evaluate, y)`` instead of the next evaluation, once: the check that
+    #: ``params`` cover func's tensors (:class:`torchmali._params.ParamsProbe`)
+    probe: Callable | None = None
 
     def __init__(
         self, func: Callable, structure: Structure, sign: float = 1.0, seed: int | None = None
@@ -120,8 +131,14 @@ class RHS:
         )
 
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        if self.probe is not None:
+            probe, self.probe = self.probe, None
+            return probe(lambda y_in: self(t, y_in), y)
         self.nfe += 1
         st = self.structure
+        work = self.working_dtype
+        if work is not None:
+            y = y.to(st.dtype)
         if self.seed is None:
             out = self.func(self.time(t), st.unflatten(y))
         else:
@@ -131,6 +148,8 @@ class RHS:
                 out = self.func(self.time(t), st.unflatten(y))
         out = self._check(out)
         flat = st.flatten(out)
+        if work is not None:
+            flat = flat.to(work)
         return -flat if self.sign < 0 else flat
 
     def _check(self, out):

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from torchmali import Mali
 from torchmali.experiments import distributed
+from torchmali.experiments._files import output_dir, read_checkpoint
 from torchmali.experiments.distributed import DistEnv
 
 __all__ = ["Task", "atomic_save", "atomic_write_json", "run_task"]
@@ -212,14 +213,13 @@ def _solver_totals(blocks: list[nn.Module]) -> dict[str, float]:
 
 
 def _load_checkpoint(
-    path: Path,
+    ckpt: dict[str, Any],
     args: argparse.Namespace,
     env: DistEnv,
     model: nn.Module,
     opt: torch.optim.Optimizer,
     sched: Any,
 ) -> tuple[int, list[dict]]:
-    ckpt = torch.load(path, map_location=env.device, weights_only=False)
     old, new = ckpt["config"], _config(args)
     diff = sorted(
         k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k)
@@ -291,9 +291,10 @@ def run_task(task_cls: type[Task], args: argparse.Namespace) -> int:
 
 
 def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None:
-    out = Path(args.out)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out)
+    ckpt_path = out / CHECKPOINT
+    # read before building anything: a corrupt file stops the run at once, untouched
+    ckpt = read_checkpoint(ckpt_path, env.device) if args.resume and ckpt_path.exists() else None
     if args.batch_size < env.world_size:
         raise ValueError(
             f"--batch-size {args.batch_size} is smaller than the number of "
@@ -304,10 +305,9 @@ def _train(task_cls: type[Task], args: argparse.Namespace, env: DistEnv) -> None
     model = task.build().to(env.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs))
-    ckpt_path = out / CHECKPOINT
     start, history = 1, []
-    if args.resume and ckpt_path.exists():
-        start, history = _load_checkpoint(ckpt_path, args, env, model, opt, sched)
+    if ckpt is not None:
+        start, history = _load_checkpoint(ckpt, args, env, model, opt, sched)
     else:
         if args.resume and env.is_main:
             print(f"no checkpoint in {out}: starting from epoch 1")

@@ -95,6 +95,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``train`` (with one sub-command per task) on the CLI's subparsers."""
     parser = subparsers.add_parser(
         "train",
+        allow_abbrev=False,
         help="train an ODE model: image, timeseries or density",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
@@ -102,7 +103,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for name, (module, _) in TASKS.items():
         p = tasks.add_parser(
-            name, help=module.__doc__.split("\n")[0].split(": ", 1)[-1], description=module.__doc__
+            name,
+            help=module.__doc__.split("\n")[0].split(": ", 1)[-1],
+            description=module.__doc__,
+            allow_abbrev=False,  # "--data" must not silently become "--dataset"
         )
         _common(p)
         module.add_arguments(p)

@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .._files import output_dir
 from .plan import DTYPES, GRADIENTS, LIBRARIES, SUITES, Case, parse_floats, parse_ints, parse_names
 from .plots import PLOT_FILES, plot
 from .report import (
@@ -48,6 +49,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``bench`` subcommand on the ``torchmali`` command's subparsers."""
     p = subparsers.add_parser(
         "bench",
+        allow_abbrev=False,
         help="benchmark the gradient methods against each other and the peers",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -220,8 +222,7 @@ def run(args: argparse.Namespace) -> int:
         for case, note in skipped:
             print(f"{case.label()}  [skipped: {note}]")
         return 0
-    out = args.out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out or Path("results") / time.strftime("bench-%Y%m%d-%H%M%S"))
     meta = _meta(args, argv)
     records = [make_record(case, {"status": "skipped", "note": note}) for case, note in skipped]
     started = time.perf_counter()
