@@ -69,9 +69,9 @@ def odeint(
         t: 1-D tensor (or sequence) of output times, strictly increasing or strictly
             decreasing; ``t[0]`` is the initial time.
         rtol: relative tolerance; a number, or one number per tensor of a tuple state. An
-            adaptive solve refuses ``rtol`` below the unit roundoff of ``y0``'s dtype (0.0039
-            bfloat16, 4.9e-4 float16, 6e-8 float32, 1.1e-16 float64: no answer in that dtype can
-            meet it); ``rtol=0`` (pure absolute control) is allowed with ``atol > 0``.
+            adaptive solve of a bfloat16/float16 state refuses ``rtol`` below the unit roundoff
+            of its dtype (0.0039 bfloat16, 4.9e-4 float16: func's derivatives are no more
+            accurate); ``rtol=0`` (pure absolute control) is allowed with ``atol > 0``.
         atol: absolute tolerance; a number, or one number per tensor of a tuple state
             (``rtol`` and ``atol`` may not both be 0).
         method: solver name (default ``"dopri5"``): fixed grid ``euler``, ``midpoint``, ``heun``,

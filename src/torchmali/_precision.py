@@ -36,8 +36,8 @@ def check_tolerances(
     """Refuse tolerances that no solve can meet.
 
     ``rtol = atol = 0`` (for any tensor of a tuple state) divides every error estimate by 0.
-    For adaptive solves, a positive ``rtol`` below the unit roundoff ``u`` of the state's dtype
-    cannot be met: the answer itself is rounded to ``u`` (and, for a low-precision ``func``, every
+    For adaptive solves of bfloat16/float16 states, a positive ``rtol`` below the unit roundoff
+    ``u`` of the state's dtype cannot be met: the answer itself is rounded to ``u`` (and, for a low-precision ``func``, every
     derivative is only that accurate, so the error estimate is noise at that level and the steps
     shrink without end). ``rtol = 0`` (pure absolute control) is allowed with ``atol > 0``.
 
@@ -51,7 +51,9 @@ def check_tolerances(
             "rtol and atol are both 0: every step's error would be divided by 0; set rtol > 0 "
             "(e.g. rtol=1e-6) or atol > 0"
         )
-    if not adaptive:
+    if not adaptive or dtype not in LOW_PRECISION:
+        # float32/float64: torchdiffeq accepts any rtol, and an atol that dominates makes a tiny
+        # rtol harmless; a tolerance the solve cannot meet ends in a SolverError (step underflow)
         return
     u = unit_roundoff(dtype)
     positive = r[r > 0]
@@ -62,10 +64,6 @@ def check_tolerances(
             f"or compute in float32 (y0.float() and a float32 func; the solver already "
             f"integrates {_name(dtype)} states in {_name(work)}, but func's {_name(dtype)} "
             "derivatives limit the accuracy)"
-            if dtype in LOW_PRECISION
-            else "or use float64"
-            if dtype != torch.float64
-            else "(float64 is the most precise dtype)"
         )
         raise ValueError(
             f"rtol={smallest:.3g} is below the resolution of {_name(dtype)} (unit roundoff "
