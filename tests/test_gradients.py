@@ -86,7 +86,7 @@ def test_registry_names_and_aliases():
 
 
 def test_config_objects_are_validated():
-    with pytest.raises(ValueError, match="checkpoints=K"):
+    with pytest.raises(ValueError, match="checkpoints must be an integer >= 1, got 0"):
         torchmali.Binomial(checkpoints=0)
     with pytest.raises(ValueError, match="checkpoint_every"):
         torchmali.Mali(checkpoint_every=0)
