@@ -7,20 +7,32 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 import torchmali
-from torchmali.gradients import REGISTRY
+from torchmali.gradients import REGISTRY, names, resolve
 
-EXACT = ["checkpoint", "binomial", "mali"]
+#: every exact memory-efficient method of the registry (a new one is tested with no other edit)
+EXACT = list(names(exact=True, memory_efficient=True))
 REVERSIBLE = sorted(n for n, c in torchmali.SOLVERS.items() if c.reversible)
 
 
+def accepts(gradient, method: str, fixed: bool = True) -> bool:
+    """Whether the gradient method's own check lets it differentiate ``method``."""
+    return resolve(gradient).accepts(torchmali.SOLVERS[method], fixed)
+
+
 def solvers_for(gradient: str) -> list[str]:
-    return REVERSIBLE if gradient == "mali" else sorted(torchmali.SOLVERS)
+    return [m for m in sorted(torchmali.SOLVERS) if accepts(gradient, m)]
+
+
+def solver_for(gradient, fixed: bool = True) -> str:
+    """ALF where the method takes it (the solver every method here shares), else rk4 / dopri5."""
+    return "alf" if accepts(gradient, "alf", fixed) else ("rk4" if fixed else "dopri5")
 
 
 class MLP(nn.Module):
@@ -124,8 +136,8 @@ CASES = [
 
 
 def valid(gradient_cases):
-    """Drop (mali, non-reversible solver) pairs, which are refused by design."""
-    return [c for c in gradient_cases if c[0] != "mali" or c[1] in REVERSIBLE]
+    """Drop the pairs a method refuses by design (e.g. mali with a non-reversible solver)."""
+    return [c for c in gradient_cases if accepts(c[0], c[1], bool(c[2] and "step_size" in c[2]))]
 
 
 @pytest.mark.parametrize("gradient,method,options", valid([(g, *c) for g in EXACT for c in CASES]))
@@ -180,7 +192,10 @@ def test_tuple_state_and_decreasing_time(gradient, f64):
         torch.randn(3, 2, 2, dtype=f64, requires_grad=True),
     )
     t = torch.tensor([1.0, 0.4, -0.5], dtype=f64)
-    for method, opts in [("alf", {"step_size": 0.1}), ("alf", None)]:
+    for method, opts in [
+        (solver_for(gradient), {"step_size": 0.1}),
+        (solver_for(gradient, False), None),
+    ]:
         _, ref = grads(func, y0, t, method, opts, "direct")
         _, got = grads(func, y0, t, method, opts, gradient)
         assert max_rel(got, ref) <= 1e-10
@@ -217,7 +232,8 @@ def test_time_gradients_match_finite_differences(gradient, f64):
     torch.manual_seed(4)
     func = MLP(2, 6).to(f64)
     y0 = torch.randn(3, 2, dtype=f64)
-    method, opts = ("alf", {"step_size": 1e-3}) if gradient == "mali" else ("dopri5", None)
+    needs_reversible = REGISTRY[gradient].needs_reversible
+    method, opts = ("alf", {"step_size": 1e-3}) if needs_reversible else ("dopri5", None)
 
     def loss(t):
         ys = torchmali.odeint(
@@ -272,7 +288,9 @@ def test_batchnorm_buffers_and_dropout_masks_match_direct(gradient, f64):
         func = Stateful().to(f64)
         func.load_state_dict(base.state_dict())
         torch.manual_seed(123)
-        ys = torchmali.odeint(func, y0, t, method="alf", options={"step_size": 0.1}, gradient=g)
+        ys = torchmali.odeint(
+            func, y0, t, method=solver_for(gradient), options={"step_size": 0.1}, gradient=g
+        )
         # l1.bias has an exactly-zero true gradient through BatchNorm: compare the others.
         params = [p for n, p in func.named_parameters() if n != "l1.bias"]
         gr = torch.autograd.grad((ys**2).sum(), [y0, *params])
@@ -285,19 +303,21 @@ def test_batchnorm_buffers_and_dropout_masks_match_direct(gradient, f64):
     assert torch.equal(rng_d, rng_g)  # the global RNG stream advanced identically
 
 
-@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("gradient", names(memory_efficient=True))
 def test_double_backward_is_refused(gradient, f64):
+    """The refusal recommends gradient='direct', the one method that supports it."""
     y0 = torch.ones(2, dtype=f64, requires_grad=True)
     ys = torchmali.odeint(
         lambda t, y: -y,
         y0,
         torch.tensor([0.0, 1.0], dtype=f64),
-        method="alf",
+        method=solver_for(gradient),
         options={"step_size": 0.1},
         gradient=gradient,
     )
-    with pytest.raises(RuntimeError, match="double backward"):
+    with pytest.raises(RuntimeError, match="double backward") as info:
         torch.autograd.grad(ys.sum(), y0, create_graph=True)
+    assert re.findall(r"[Uu]se gradient='(\w+)'", str(info.value)) == ["direct"]
 
 
 def test_plain_function_closing_over_parameters_needs_params(f64):
@@ -510,9 +530,9 @@ def test_float32_gradients_close_to_direct():
     func = MLP(3, 16)
     y0 = torch.randn(4, 3, requires_grad=True)
     t = torch.tensor([0.0, 1.0, 2.0])
-    _, ref = grads(func, y0, t, "alf", {"step_size": 0.05}, "direct")
     for g in EXACT:
-        _, got = grads(func, y0, t, "alf", {"step_size": 0.05}, g)
+        _, ref = grads(func, y0, t, solver_for(g), {"step_size": 0.05}, "direct")
+        _, got = grads(func, y0, t, solver_for(g), {"step_size": 0.05}, g)
         assert max_rel(got, ref) <= 1e-5
 
 

@@ -33,9 +33,15 @@ class GradientMethod:
     def check(self, solver: Solver, problem_is_fixed: bool) -> None:
         """Raise ``ValueError`` when this gradient method cannot be used with ``solver``."""
 
-    def accepts(self, solver: Solver | type[Solver]) -> bool:
-        """Whether this method can differentiate solves of ``solver`` (class or instance)."""
-        return solver.reversible or not self.needs_reversible
+    def accepts(self, solver: Solver | type[Solver], problem_is_fixed: bool = True) -> bool:
+        """Whether :meth:`check` lets this method differentiate solves of ``solver`` (a class,
+        built with its defaults, or an instance): the one test behind every list of valid
+        (solver, gradient) pairs."""
+        try:
+            self.check(solver() if isinstance(solver, type) else solver, problem_is_fixed)
+        except ValueError:
+            return False
+        return True
 
     def run(
         self,
