@@ -214,3 +214,52 @@ def test_step_vjp_is_pluggable():
     sol, got = gradients(counting, "euler", t)
     assert rel(got, ref) <= 1e-13
     assert len(counting.calls) == sol.stats.n_accepted
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.8])
+@pytest.mark.parametrize("sweep_class", ["fast", "generic"])
+def test_reverse_sweep_hands_a_segment_to_exact_recomputation_and_back(eta, sweep_class):
+    """What a safety net does: reverse steps 9..6 with the sweep, 5..3 by exact recomputation
+    (``autograd_step_vjp`` from stored states), then restart the sweep with those cotangents."""
+    from torchmali._loop import Problem
+    from torchmali._options import Options
+    from torchmali._tree import RHS, Structure
+    from torchmali.step_size import Tolerance
+
+    func = Field()
+    params = list(func.parameters())
+    y0 = torch.randn(2, 3, dtype=torch.float64)
+    f = RHS(func, Structure.of(y0))
+    solver = ALF(eta)
+    problem = Problem(f, solver, Options.parse({"step_size": 0.1}), Tolerance(1e-6, 1e-6), [0, 1])
+    ts = [0.1 * i for i in range(11)]
+    points = [(y0, solver.init(f, 0.0, y0))]
+    for i in range(10):
+        r = solver.step(f, ts[i], ts[i + 1] - ts[i], *points[-1])
+        points.append((r.y1, r.state1))
+    cot_end = torch.linspace(-1, 1, y0.numel(), dtype=torch.float64).view_as(y0)
+
+    def sweep_from_end():
+        if sweep_class == "fast":
+            return solver.reverse_sweep(f, params, *points[10])
+        return ReverseSweep(solver, f, params, *points[10])
+
+    whole = sweep_from_end()
+    for i in range(9, -1, -1):
+        whole.step(ts[i], ts[i + 1] - ts[i], cot_end if i == 9 else None)
+    split = sweep_from_end()
+    for i in range(9, 5, -1):
+        split.step(ts[i], ts[i + 1] - ts[i], cot_end if i == 9 else None)
+    cot_y, cot_v = split.cotangents()
+    grads = [torch.zeros_like(p) for p in params]
+    for i in range(5, 2, -1):
+        cot_y, cot_v, g = autograd_step_vjp(
+            problem, ts[i], ts[i + 1] - ts[i], *points[i], cot_y, cot_v, (), params
+        )
+        grads = [a + b for a, b in zip(grads, g, strict=True)]
+    split.restart(*points[3], cotangents=(cot_y, cot_v))
+    for i in range(2, -1, -1):
+        split.step(ts[i], ts[i + 1] - ts[i])
+    got = [a + b for a, b in zip(split.param_grads, grads, strict=True)]
+    assert rel(got, whole.param_grads) <= 1e-12
+    assert rel(split.cotangents(), whole.cotangents()) <= 1e-12

@@ -202,6 +202,7 @@ class ALFReverseSweep(ReverseSweep):
         self.n = 0  # steps reversed
         self.u_last: torch.Tensor | None = None
         self.gaps: list[torch.Tensor] = []
+        self.a_v: torch.Tensor | None = None  # ā_v given by restart(), folded into the next cu
 
     def step(self, t0: float, h: float, cot: torch.Tensor | None = None) -> None:
         eta, a_z, cu = self.eta, self.cot_y, self.cu
@@ -209,6 +210,9 @@ class ALFReverseSweep(ReverseSweep):
             if cot is not None:
                 a_z.add_(cot)
             cu = torch.mul(a_z, eta * h)
+            if self.a_v is not None:
+                cu.add_(self.a_v, alpha=2.0 * eta)
+                self.a_v = None
         elif cot is not None:
             cu.mul_(1.0 - 2.0 * eta).add_(a_z, alpha=eta * self.h_next)
             a_z.add_(cot)
@@ -241,18 +245,18 @@ class ALFReverseSweep(ReverseSweep):
     def point(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.y, self.state if self.sign > 0 else -self.state
 
-    def restart(self, y: torch.Tensor, state: torch.Tensor) -> None:
+    def restart(self, y: torch.Tensor, state: torch.Tensor, cotangents=None) -> None:
         self.y, self.state, self.sign = y, state, 1.0
+        if cotangents is not None:
+            self.cot_y, self.a_v, self.cu = cotangents[0].clone(), cotangents[1], None
 
     def cotangents(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # the cotangent of v0: (1 − 2η) ā_v_out' + h_0/2 ā_z = cu_0 (1 − 2η)/(2η) + h_0/2 ā_z
+        # the cotangent of v: (1 − 2η) ā_v_out' + h/2 ā_z = cu (1 − 2η)/(2η) + h/2 ā_z
         if self.cu is None:
-            return self.cot_y, None
+            return self.cot_y.clone(), self.a_v
         eta = self.eta
-        a_v0 = self.cu.mul_((1.0 - 2.0 * eta) / (2.0 * eta)).add_(
-            self.cot_y, alpha=0.5 * self.h_next
-        )
-        return self.cot_y, a_v0
+        cu = self.cu.mul((1.0 - 2.0 * eta) / (2.0 * eta))
+        return self.cot_y.clone(), cu.add_(self.cot_y, alpha=0.5 * self.h_next)
 
     def consistency(self) -> list[torch.Tensor]:
         return self.gaps

@@ -206,11 +206,12 @@ class ReverseSweep:
         for i in reversed(range(N)):
             sweep.step(ts[i], ts[i + 1] - ts[i], cot)   # cot: outputs' cotangent at ts[i+1]
         y0, state0 = sweep.point()
-        cot_y0, cot_state0 = sweep.cotangents()           # once, at the end
+        cot_y0, cot_state0 = sweep.cotangents()
         sweep.param_grads                                  # accumulated over the steps
 
-    and may call ``point()`` and ``restart(y, state)`` between steps to compare the
-    reconstruction with a stored checkpoint and continue from the checkpoint. This default
+    and may call ``point()``, ``cotangents()`` and ``restart(y, state[, cotangents])`` between
+    steps: compare the reconstruction with a stored checkpoint and continue from it, or hand a
+    segment to exact recomputation and continue with the cotangents it returns. This default
     applies :meth:`ReversibleSolver.backward_step` step by step; a scheme may override it with a
     faster recurrence over its own representation (see ALF's).
 
@@ -249,12 +250,19 @@ class ReverseSweep:
         """The reconstructed ``(y, state)`` at the start of the last reversed step."""
         return self.y, self.state
 
-    def restart(self, y: torch.Tensor, state: Any) -> None:
-        """Continue the reconstruction from a stored ``(y, state)`` at the current point."""
+    def restart(
+        self, y: torch.Tensor, state: Any, cotangents: tuple[torch.Tensor, Any] | None = None
+    ) -> None:
+        """Continue from a stored ``(y, state)`` at the current point; with ``cotangents``
+        (``(cot_y, cot_state)`` there), also replace the running cotangents — e.g. after a
+        fallback reversed the preceding segment by exact recomputation instead."""
         self.y, self.state = y, state
+        if cotangents is not None:
+            self.cot_y, self.cot_state = cotangents[0].clone(), cotangents[1]
 
     def cotangents(self) -> tuple[torch.Tensor, Any]:
-        """The cotangents of ``(y, state)`` at the current point (call once, at the end)."""
+        """The cotangents of ``(y, state)`` at the current point (``None`` for a zero state
+        cotangent)."""
         return self.cot_y, self.cot_state
 
     def consistency(self) -> list[torch.Tensor]:
