@@ -25,7 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-GRADIENTS = ("direct", "adjoint", "checkpoint", "binomial", "mali")
+from torchmali.experiments.train import GRADIENTS  # the registry's names()
+
 # The methods compared over several seeds (binomial computes checkpoint's gradient exactly).
 SEEDED = ("direct", "adjoint", "checkpoint", "mali")
 TOYS = ("pinwheel", "checkerboard", "2spirals", "moons")

@@ -7,20 +7,32 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 from torch import nn
 
 import torchmali
-from torchmali.gradients import REGISTRY
+from torchmali.gradients import REGISTRY, names, resolve
 
-EXACT = ["checkpoint", "binomial", "mali"]
+#: every exact memory-efficient method of the registry (a new one is tested with no other edit)
+EXACT = list(names(exact=True, memory_efficient=True))
 REVERSIBLE = sorted(n for n, c in torchmali.SOLVERS.items() if c.reversible)
 
 
+def accepts(gradient, method: str, fixed: bool = True) -> bool:
+    """Whether the gradient method's own check lets it differentiate ``method``."""
+    return resolve(gradient).accepts(torchmali.SOLVERS[method], fixed)
+
+
 def solvers_for(gradient: str) -> list[str]:
-    return REVERSIBLE if gradient == "mali" else sorted(torchmali.SOLVERS)
+    return [m for m in sorted(torchmali.SOLVERS) if accepts(gradient, m)]
+
+
+def solver_for(gradient, fixed: bool = True) -> str:
+    """ALF where the method takes it (the solver every method here shares), else rk4 / dopri5."""
+    return "alf" if accepts(gradient, "alf", fixed) else ("rk4" if fixed else "dopri5")
 
 
 class MLP(nn.Module):
@@ -86,7 +98,7 @@ def test_registry_names_and_aliases():
 
 
 def test_config_objects_are_validated():
-    with pytest.raises(ValueError, match="checkpoints=K"):
+    with pytest.raises(ValueError, match="checkpoints must be an integer >= 1, got 0"):
         torchmali.Binomial(checkpoints=0)
     with pytest.raises(ValueError, match="checkpoint_every"):
         torchmali.Mali(checkpoint_every=0)
@@ -124,8 +136,8 @@ CASES = [
 
 
 def valid(gradient_cases):
-    """Drop (mali, non-reversible solver) pairs, which are refused by design."""
-    return [c for c in gradient_cases if c[0] != "mali" or c[1] in REVERSIBLE]
+    """Drop the pairs a method refuses by design (e.g. mali with a non-reversible solver)."""
+    return [c for c in gradient_cases if accepts(c[0], c[1], bool(c[2] and "step_size" in c[2]))]
 
 
 @pytest.mark.parametrize("gradient,method,options", valid([(g, *c) for g in EXACT for c in CASES]))
@@ -180,7 +192,10 @@ def test_tuple_state_and_decreasing_time(gradient, f64):
         torch.randn(3, 2, 2, dtype=f64, requires_grad=True),
     )
     t = torch.tensor([1.0, 0.4, -0.5], dtype=f64)
-    for method, opts in [("alf", {"step_size": 0.1}), ("alf", None)]:
+    for method, opts in [
+        (solver_for(gradient), {"step_size": 0.1}),
+        (solver_for(gradient, False), None),
+    ]:
         _, ref = grads(func, y0, t, method, opts, "direct")
         _, got = grads(func, y0, t, method, opts, gradient)
         assert max_rel(got, ref) <= 1e-10
@@ -217,7 +232,8 @@ def test_time_gradients_match_finite_differences(gradient, f64):
     torch.manual_seed(4)
     func = MLP(2, 6).to(f64)
     y0 = torch.randn(3, 2, dtype=f64)
-    method, opts = ("alf", {"step_size": 1e-3}) if gradient == "mali" else ("dopri5", None)
+    needs_reversible = REGISTRY[gradient].needs_reversible
+    method, opts = ("alf", {"step_size": 1e-3}) if needs_reversible else ("dopri5", None)
 
     def loss(t):
         ys = torchmali.odeint(
@@ -272,7 +288,9 @@ def test_batchnorm_buffers_and_dropout_masks_match_direct(gradient, f64):
         func = Stateful().to(f64)
         func.load_state_dict(base.state_dict())
         torch.manual_seed(123)
-        ys = torchmali.odeint(func, y0, t, method="alf", options={"step_size": 0.1}, gradient=g)
+        ys = torchmali.odeint(
+            func, y0, t, method=solver_for(gradient), options={"step_size": 0.1}, gradient=g
+        )
         # l1.bias has an exactly-zero true gradient through BatchNorm: compare the others.
         params = [p for n, p in func.named_parameters() if n != "l1.bias"]
         gr = torch.autograd.grad((ys**2).sum(), [y0, *params])
@@ -285,19 +303,21 @@ def test_batchnorm_buffers_and_dropout_masks_match_direct(gradient, f64):
     assert torch.equal(rng_d, rng_g)  # the global RNG stream advanced identically
 
 
-@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("gradient", names(memory_efficient=True))
 def test_double_backward_is_refused(gradient, f64):
+    """The refusal recommends gradient='direct', the one method that supports it."""
     y0 = torch.ones(2, dtype=f64, requires_grad=True)
     ys = torchmali.odeint(
         lambda t, y: -y,
         y0,
         torch.tensor([0.0, 1.0], dtype=f64),
-        method="alf",
+        method=solver_for(gradient),
         options={"step_size": 0.1},
         gradient=gradient,
     )
-    with pytest.raises(RuntimeError, match="double backward"):
+    with pytest.raises(RuntimeError, match="double backward") as info:
         torch.autograd.grad(ys.sum(), y0, create_graph=True)
+    assert re.findall(r"[Uu]se gradient='(\w+)'", str(info.value)) == ["direct"]
 
 
 def test_plain_function_closing_over_parameters_needs_params(f64):
@@ -365,154 +385,14 @@ def test_binomial_schedule_is_optimal(f64):
     )
 
 
-def test_mali_drift_is_measured_reported_and_bounded(f64):
-    torch.manual_seed(7)
-    func = MLP(3, 16).to(f64)
-    y0 = torch.randn(4, 3, dtype=f64, requires_grad=True)
-    t = torch.tensor([0.0, 5.0], dtype=f64)
-    healthy, _ = grads(func, y0, t, "alf", {"step_size": 0.1}, "mali")
-    assert healthy.stats.drift < 1e-12
-    damped = dict(method="alf", options={"step_size": 0.025, "eta": 0.75})
-    sol = torchmali.solve(func, y0, t, gradient=torchmali.Mali(drift_tol=1e-6), **damped)
-    with pytest.warns(torchmali.ReconstructionDriftWarning, match=r"eta=0.75\) .* = 2 per step"):
-        sol.ys.sum().backward()
-    assert sol.stats.drift > 1e-6
-    sol = torchmali.solve(
-        func, y0, t, gradient=torchmali.Mali(drift_tol=1e-6, on_drift="raise"), **damped
-    )
-    with pytest.raises(RuntimeError, match="drift"):
-        sol.ys.sum().backward()
-    # A checkpoint every 10 steps restarts the reconstruction: drift bounded, gradient exact.
-    sol, got = grads(
-        func, y0, t, damped["method"], damped["options"], torchmali.Mali(checkpoint_every=10)
-    )
-    _, ref = grads(func, y0, t, damped["method"], damped["options"], "direct")
-    assert sol.stats.drift < 1e-6
-    assert max_rel(got, ref) < 1e-8
-
-
-def test_mali_drift_without_damping_names_its_cause():
-    """eta = 1 in float32 on z' = -5z over [0, 2]: the exact inverse expands round-off."""
-    y0 = torch.ones(3, requires_grad=True)
-    sol = torchmali.solve(
-        lambda t, y: -5.0 * y,
-        y0,
-        torch.tensor([0.0, 2.0]),
-        method="alf",
-        options={"step_size": 0.05},
-        gradient=torchmali.Mali(parasitic_tol=None),
-    )
-    with pytest.warns(torchmali.ReconstructionDriftWarning) as record:
-        sol.ys[-1].sum().backward()
-    message = str(record[0].message)
-    assert sol.stats.drift > 1e-4
-    assert "With eta=1" in message and "float64" in message and "Damped" not in message
-    strict = torchmali.Mali(parasitic_tol=None, on_drift="raise")
-    sol = torchmali.solve(
-        lambda t, y: -5.0 * y, y0, torch.tensor([0.0, 2.0]), method="alf",
-        options={"step_size": 0.05}, gradient=strict,
-    )  # fmt: skip
-    with pytest.raises(RuntimeError, match=r"measured: drift \d"):
-        sol.ys[-1].sum().backward()
-
-
-def test_mali_refuses_a_non_finite_reconstruction():
-    """A reconstruction that overflows gives a NaN gradient: an error even with on_drift="warn"."""
-
-    def field(t, y):  # finite in the forward pass, infinite when the backward pass re-evaluates
-        return -y * (math.inf if torch.is_grad_enabled() and float(t) > 0 else 1.0)
-
-    sol = torchmali.solve(
-        field, torch.ones(3, requires_grad=True), torch.tensor([0.0, 1.0]), method="alf",
-        options={"step_size": 0.1}, gradient="mali",
-    )  # fmt: skip
-    with pytest.raises(RuntimeError, match="overflowed"):
-        sol.ys[-1].sum().backward()
-    assert sol.stats.drift == math.inf
-
-
-def test_mali_warning_is_shown_once_per_place():
-    """A training loop's many drifting backward passes give one warning, not one per batch."""
-    import warnings
-
-    def backward(lam: float) -> None:
-        sol = torchmali.solve(
-            lambda t, y: lam * y, torch.ones(3, requires_grad=True), torch.tensor([0.0, 2.0]),
-            method="alf", options={"step_size": 0.05}, gradient=torchmali.Mali(parasitic_tol=None),
-        )  # fmt: skip
-        sol.ys[-1].sum().backward()
-
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("default")
-        for lam in (-5.0, -5.5, -6.0):  # three different drifts, all above drift_tol
-            backward(lam)
-    assert len([w for w in record if w.category is torchmali.ReconstructionDriftWarning]) == 1
-
-
-def test_mali_catches_alf_blow_up_on_dissipative_dynamics(f64):
-    """ALF with eta=1 on z' = -z, T = 20, h = 0.05 returns z(T) ≈ -187 instead of 2e-9."""
-    y0 = torch.ones(1, dtype=f64, requires_grad=True)
-    sol = torchmali.solve(
-        lambda t, y: -y,
-        y0,
-        torch.tensor([0.0, 20.0], dtype=f64),
-        method="alf",
-        options={"step_size": 0.05},
-        gradient="mali",
-    )
-    assert float(sol.ys[-1].detach()) < -100
-    with pytest.warns(torchmali.ReconstructionDriftWarning, match="parasitic"):
-        sol.ys[-1].sum().backward()
-    assert sol.stats.parasitic > 10  # 19.8 here: the mode dwarfs the derivative
-    ok = torchmali.solve(
-        lambda t, y: -y,
-        y0,
-        torch.tensor([0.0, 1.0], dtype=f64),
-        method="alf",
-        options={"step_size": 0.05},
-        gradient="mali",
-    )
-    ok.ys[-1].sum().backward()
-    assert ok.stats.parasitic < 1e-2
-
-
-class _BatchNormField(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
-
-    def forward(self, t, y):
-        return self.net(y)
-
-
-@pytest.mark.parametrize("options", [{"step_size": 0.1}, {}])
-def test_mali_backward_costs_one_evaluation_per_step(options, f64):
-    """No extra evaluation: v0 keeps its graph and the parasitic check reuses the sweep's."""
-    torch.manual_seed(5)
-    func = MLP().double()
-    y0 = torch.randn(4, 3, dtype=f64, requires_grad=True)
-    t = torch.tensor([0.0, 1.0], dtype=f64)
-    sol = torchmali.solve(func, y0, t, method="alf", gradient="mali", options=options)
-    sol.ys[-1].sum().backward()
-    n = sol.stats.n_accepted
-    assert n > 2
-    assert sol.stats.nfe_backward == n
-    assert 0 < sol.stats.parasitic < 1e-2  # healthy: the extrapolated f(t_N, z_N) agrees with v_N
-    # with buffers (updated in place by the sweep) v0 is evaluated again in the backward pass
-    bn = _BatchNormField().double()
-    sol = torchmali.solve(bn, y0, t, method="alf", gradient="mali", options=options)
-    sol.ys[-1].sum().backward()
-    assert sol.stats.nfe_backward == sol.stats.n_accepted + 1
-
-
 def test_float32_gradients_close_to_direct():
     torch.manual_seed(8)
     func = MLP(3, 16)
     y0 = torch.randn(4, 3, requires_grad=True)
     t = torch.tensor([0.0, 1.0, 2.0])
-    _, ref = grads(func, y0, t, "alf", {"step_size": 0.05}, "direct")
     for g in EXACT:
-        _, got = grads(func, y0, t, "alf", {"step_size": 0.05}, g)
+        _, ref = grads(func, y0, t, solver_for(g), {"step_size": 0.05}, "direct")
+        _, got = grads(func, y0, t, solver_for(g), {"step_size": 0.05}, g)
         assert max_rel(got, ref) <= 1e-5
 
 

@@ -7,10 +7,14 @@ import math
 import pytest
 import torch
 
+from torchmali.gradients import names, resolve
 from torchmali.nn import CNF, ConvODEFunc, LatentODE, MLPODEFunc, ODEBlock, ODEResNet
+from torchmali.solvers import ALF
 
 FIXED = {"method": "alf", "options": {"step_size": 0.25}}
-EXACT_GRADIENTS = ("checkpoint", "binomial", "mali")
+EXACT_GRADIENTS = tuple(
+    g for g in names(exact=True, memory_efficient=True) if resolve(g).accepts(ALF)
+)
 
 
 class Linear(torch.nn.Module):

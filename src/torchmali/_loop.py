@@ -46,6 +46,23 @@ class Problem:
         """One solver step; every gradient method steps (and re-steps) through here."""
         return self.solver.step(self.f, t0, h, y, state, with_error=not self.fixed)
 
+    def fixed_grid(self) -> list[float]:
+        """The fixed grid in the normalised (increasing) time: every output time, every
+        ``step_t`` time and the regular points ``t0 + i h``.
+
+        Raises:
+            SolverError: the grid has more than ``options.max_num_steps`` steps.
+        """
+        grid = fixed_grid(self.t_out, self.options.step_size, self.step_t)
+        if len(grid) - 1 > self.options.max_num_steps:
+            raise SolverError(
+                f"the fixed grid needs {len(grid) - 1} steps, more than max_num_steps="
+                f"{self.options.max_num_steps}: raise options['max_num_steps'] or the step size",
+                self.user_time(self.t_out[0]),
+                0,
+            )
+        return grid
+
     @property
     def step_t(self) -> list[float]:
         """``options.step_t`` in the normalised (increasing) time."""
@@ -108,14 +125,7 @@ def integrate(
 
 def _fixed(problem, y, state, on_step):
     t_out = problem.t_out
-    grid = fixed_grid(t_out, problem.options.step_size, problem.step_t)
-    if len(grid) - 1 > problem.options.max_num_steps:
-        raise SolverError(
-            f"the fixed grid needs {len(grid) - 1} steps, more than max_num_steps="
-            f"{problem.options.max_num_steps}: raise options['max_num_steps'] or the step size",
-            problem.user_time(t_out[0]),
-            0,
-        )
+    grid = problem.fixed_grid()
     record = StepRecord(ts=[grid[0]])
     outputs = [y]
     record.out_steps.append(-1)

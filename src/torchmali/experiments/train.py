@@ -14,10 +14,14 @@ from typing import Any
 
 from torchmali.experiments import density, image, timeseries
 from torchmali.experiments._train_common import run_task
+from torchmali.gradients import names
+from torchmali.gradients import resolve as resolve_gradient
+from torchmali.solvers import SOLVERS
 
 __all__ = ["GRADIENTS", "TASKS", "add_parser", "resolve", "run"]
 
-GRADIENTS = ("direct", "adjoint", "checkpoint", "binomial", "mali")
+#: every registered gradient method (``torchmali.gradients.names()``)
+GRADIENTS = names()
 TASKS: dict[str, Any] = {
     "image": (image, image.ImageTask),
     "timeseries": (timeseries, timeseries.TimeSeriesTask),
@@ -129,10 +133,12 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if args.gradient == "mali" and args.method != "alf":
+    gradient, solver = resolve_gradient(args.gradient), SOLVERS.get(args.method)
+    if solver is not None and not gradient.accepts(solver, bool(args.step_size)):
+        fits = [n for n, c in SOLVERS.items() if gradient.accepts(c, bool(args.step_size))]
         raise ValueError(
-            f"--gradient mali needs the reversible ALF solver, got --method "
-            f"{args.method}; use --method alf (or another --gradient)."
+            f"--gradient {args.gradient} cannot differentiate --method {args.method}; use "
+            f"--method {' or --method '.join(fits)} (or another --gradient)."
         )
     if args.mali_checkpoint_every is not None and (
         args.gradient != "mali" or args.mali_checkpoint_every < 1

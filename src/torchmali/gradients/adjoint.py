@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -14,18 +13,20 @@ from .._loop import Problem, StepRecord, integrate
 from .._options import Options
 from .._solution import SolveStats
 from .._tree import RHS, Structure
+from .._vjp import engine_grad
 from ..solvers import ALF, SOLVERS
 from ..solvers.base import Solver
 from ..step_size import Tolerance, rms_norm
-from ._backward import engine_grad
-from .base import GradientMethod, register
+from . import _validate
+from ._sweep import Saved, SweepMethod, Tape
+from .base import register
 
 _NORMS = ("mixed", "seminorm")
 
 
 @register
 @dataclass(frozen=True)
-class Adjoint(GradientMethod):
+class Adjoint(SweepMethod):
     """Continuous backsolve adjoint (optimize-then-discretize; Chen et al., NeurIPS 2018).
 
     The forward pass integrates under ``no_grad`` and keeps only the solution at the output
@@ -68,8 +69,10 @@ class Adjoint(GradientMethod):
             ``cat([z, a, θ̄])``. With a fixed-grid backward solve at the forward step size the
             forward grid is replayed in reverse.
 
+    No double backward (use ``"direct"``).
+
     Raises:
-        ValueError: unknown method or option, invalid tolerance.
+        ValueError, TypeError: unknown method or option, invalid tolerance.
 
     References:
         Chen, Rubanova, Bettencourt & Duvenaud, Neural Ordinary Differential Equations (2018);
@@ -84,25 +87,27 @@ class Adjoint(GradientMethod):
 
     name = "adjoint"
     aliases = ("backsolve",)
+    exact = False
 
     def __post_init__(self) -> None:
         for key in ("rtol", "atol"):
             value = getattr(self, key)
-            if value is not None and not (
-                isinstance(value, int | float) and math.isfinite(value) and value >= 0
-            ):
-                raise ValueError(
-                    f"Adjoint {key} must be a finite number >= 0 or None, got {value!r}"
-                )
-        if self.method is not None and self.method not in SOLVERS:
-            raise ValueError(
+            if value is not None:
+                example = f"Adjoint({key}=1e-8), or None for the forward {key}"
+                value = _validate.number("Adjoint", key, value, example, positive=False)
+                object.__setattr__(self, key, value)
+        if self.method is not None and (
+            not isinstance(self.method, str) or self.method not in SOLVERS
+        ):
+            raise (ValueError if isinstance(self.method, str) else TypeError)(
                 f"unknown adjoint method {self.method!r}; valid methods are {sorted(SOLVERS)} "
                 "(or None for the forward solver)"
             )
         if self.options is not None:
             if not isinstance(self.options, Mapping):
                 raise TypeError(
-                    f"adjoint options must be a dict, got {type(self.options).__name__}"
+                    f"adjoint options must be a dict, got {type(self.options).__name__}: "
+                    "e.g. Adjoint(options={'norm': 'seminorm'})"
                 )
             object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
             self._parsed_options()  # validate now rather than in the backward pass
@@ -134,21 +139,8 @@ class Adjoint(GradientMethod):
                 "adaptive adjoint method"
             )
 
-    def run(
-        self,
-        problem: Problem,
-        y0: torch.Tensor,
-        params: tuple[torch.Tensor, ...],
-        stats: SolveStats,
-    ) -> tuple[list[torch.Tensor], StepRecord]:
-        cfg = _Config(method=self, problem=problem, params=params, stats=stats, records=[])
-        needs_grad = y0.requires_grad or any(p.requires_grad for p in params)
-        if torch.is_grad_enabled() and needs_grad:
-            ys = _AdjointFunction.apply(cfg, y0, *params)
-        else:
-            with torch.no_grad():
-                ys = _AdjointFunction.forward(None, cfg, y0, *params)
-        return list(ys.unbind(0)), cfg.records[0]
+    def tape(self, problem: Problem, stats: SolveStats) -> _AdjointTape:
+        return _AdjointTape(self, problem, stats)
 
     def _backward_setup(
         self, problem: Problem, n_z: int, n_p: int
@@ -190,43 +182,17 @@ def _norm(norm: Any, n_z: int, n_p: int) -> Callable[[torch.Tensor], Any]:
     return mixed
 
 
-@dataclass(frozen=True)
-class _Config:
-    """The non-tensor configuration of one adjoint solve (``records`` receives the grid)."""
+class _AdjointTape(Tape):
+    """Keeps the outputs only; the backward pass integrates the augmented system backwards."""
 
-    method: Adjoint
-    problem: Problem
-    params: tuple[torch.Tensor, ...]
-    stats: SolveStats
-    records: list[StepRecord]
+    keep_outputs = True
 
+    def finish(self, ys, y_n, state_n, record: StepRecord) -> int:
+        self.record = record
+        return ys.nbytes + 8 * len(record.ts)
 
-class _AdjointFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, cfg: _Config, y0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        problem = cfg.problem
-        state0 = problem.solver.init(problem.f, problem.t_out[0], y0)
-        outputs, _, _, record = integrate(problem, y0, state0)
-        ys = torch.stack([o.detach() for o in outputs])
-        cfg.records.append(record)
-        cfg.stats.memory_bytes = ys.nbytes + 8 * len(record.ts)
-        if ctx is not None:
-            ctx.cfg = cfg
-            ctx.record = record
-            ctx.save_for_backward(ys)
-        return ys
-
-    @staticmethod
-    def backward(ctx: Any, grad_ys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "gradient='adjoint' does not support double backward (create_graph=True): the "
-                "backsolve adjoint builds no graph of its backward pass. Use gradient='direct' "
-                "(or 'checkpoint') for higher-order derivatives"
-            )
-        (ys,) = ctx.saved_tensors
-        grad_y0, grad_params = _backsolve(ctx.cfg, ctx.record, ys, grad_ys)
-        return (None, grad_y0, *grad_params)
+    def backward(self, saved: Saved, grad_ys: torch.Tensor):
+        return _backsolve(self, saved.ys, saved.params, grad_ys)
 
 
 class _AugmentedRHS(RHS):
@@ -252,7 +218,7 @@ class _AugmentedRHS(RHS):
             fz = self.f(-t, z)
             inputs = (z, *self.params)
             if fz.requires_grad:
-                vjps = engine_grad((fz,), inputs, (a,))
+                vjps = engine_grad((fz,), inputs, (a,))  # retains a graph shared with params
             else:
                 vjps = (None,) * len(inputs)
         parts = [-fz.detach().reshape(-1)]
@@ -265,14 +231,14 @@ class _AugmentedRHS(RHS):
 
 
 def _backsolve(
-    cfg: _Config, record: StepRecord, ys: torch.Tensor, grad_ys: torch.Tensor
+    tape: _AdjointTape, ys: torch.Tensor, params: list[torch.Tensor], grad_ys: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    problem, params = cfg.problem, cfg.params
+    problem, record = tape.problem, tape.record
     shape, n_z = ys.shape[1:], ys[0].numel()
     sizes = [p.numel() for p in params]
-    solver, opts, tol = cfg.method._backward_setup(problem, n_z, sum(sizes))
+    solver, opts, tol = tape.method._backward_setup(problem, n_z, sum(sizes))
     replay = problem.fixed and opts.step_size == problem.options.step_size
-    aug = _AugmentedRHS(problem.f, params, shape)
+    aug = _AugmentedRHS(problem.f, tuple(params), shape)
     t_out, sign = problem.t_out, problem.f.sign
     a = grad_ys[-1].reshape(-1)
     theta = torch.zeros(sum(sizes), dtype=ys.dtype, device=ys.device)
@@ -287,7 +253,6 @@ def _backsolve(
         _, x, _, _ = integrate(seg, x, solver.init(aug, -s1, x))
         a = x[n_z : 2 * n_z] + grad_ys[k - 1].reshape(-1)
         theta = x[2 * n_z :]
-    cfg.stats.nfe_backward += aug.nfe
     grads = [
         g.view_as(p).to(p.dtype) for g, p in zip(torch.split(theta, sizes), params, strict=True)
     ]

@@ -23,9 +23,25 @@ class GradientMethod:
 
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: the gradient equals direct backpropagation through the same discrete solve (to round-off)
+    exact: ClassVar[bool] = True
+    #: keeps less than the whole graph of the solve for the backward pass
+    memory_efficient: ClassVar[bool] = False
+    #: works only with a reversible solver (``solver.reversible``)
+    needs_reversible: ClassVar[bool] = False
 
     def check(self, solver: Solver, problem_is_fixed: bool) -> None:
         """Raise ``ValueError`` when this gradient method cannot be used with ``solver``."""
+
+    def accepts(self, solver: Solver | type[Solver], problem_is_fixed: bool = True) -> bool:
+        """Whether :meth:`check` lets this method differentiate solves of ``solver`` (a class,
+        built with its defaults, or an instance): the one test behind every list of valid
+        (solver, gradient) pairs."""
+        try:
+            self.check(solver() if isinstance(solver, type) else solver, problem_is_fixed)
+        except ValueError:
+            return False
+        return True
 
     def run(
         self,
@@ -46,6 +62,27 @@ def register(cls: type[GradientMethod]) -> type[GradientMethod]:
     for key in (cls.name, *cls.aliases):
         REGISTRY[key] = cls
     return cls
+
+
+def names(*, exact: bool | None = None, memory_efficient: bool | None = None) -> tuple[str, ...]:
+    """The canonical names of the registered gradient methods, optionally filtered.
+
+    Order: ``direct`` first, then the approximate methods, then the exact memory-efficient ones
+    in registration order — the order of every list of methods (CLI choices, benchmark plans,
+    tests), so that a new method appears everywhere with its registry line alone.
+
+    Args:
+        exact: keep only methods whose ``exact`` attribute equals this (``None``: all).
+        memory_efficient: keep only methods whose ``memory_efficient`` equals this.
+    """
+    classes = list(dict.fromkeys(REGISTRY.values()))
+    classes.sort(key=lambda c: (c.memory_efficient, c.exact))  # stable: registration order
+    return tuple(
+        c.name
+        for c in classes
+        if (exact is None or c.exact == exact)
+        and (memory_efficient is None or c.memory_efficient == memory_efficient)
+    )
 
 
 def resolve(gradient: Any) -> GradientMethod:

@@ -8,18 +8,14 @@ from typing import Any
 
 import torch
 
-from .._loop import integrate
-from ..step_size import fixed_grid
-from ._backward import (
-    Context,
-    FunctionMethod,
-    output_cotangents,
-    preserve_buffers,
-    refuse_double_backward,
-)
+from .. import _state
+from .._loop import Problem, StepRecord
+from .._solution import SolveStats
+from . import _validate
 from ._memory import tensor_bytes
+from ._replay import ReplayMethod, ReplayTape
+from ._sweep import Saved
 from .base import register
-from .checkpoint import Adjoint, step_vjp
 
 
 def revolve_cost(n_steps: int, checkpoints: int) -> int:
@@ -57,16 +53,78 @@ def optimal_split(n: int, k: int) -> int:
     return lo
 
 
+class _BinomialTape(ReplayTape):
+    """At most K stored states; segments recomputed recursively in the backward pass."""
+
+    def __init__(self, method: Binomial, problem: Problem, stats: SolveStats) -> None:
+        super().__init__(method, problem, stats)
+        self.k = method.checkpoints
+        # On a fixed grid the step count is known up front: the forward pass places the first
+        # sweep's checkpoints itself (on the normalised grid the loop steps on).
+        n = len(problem.fixed_grid()) - 1 if problem.fixed else 0
+        self.wanted = set(_first_sweep(n, self.k)) if problem.fixed else set()
+        self.stored: dict[int, tuple[torch.Tensor, Any]] = {}
+
+    def on_step(self, i: int, y: torch.Tensor, state: Any) -> None:
+        if i == 0 or i in self.wanted:
+            self.stored[i] = (y, state)
+
+    def finish(self, ys, y_n, state_n, record: StepRecord) -> int:
+        self.record = record
+        y0, s0 = self.stored.get(0, (y_n, state_n))
+        state_bytes = tensor_bytes([y0, *_state.leaves(s0)])
+        self.stats.optimal_recomputed_steps = optimal_recomputations(record.n_steps, self.k)
+        # at most K states at once, and never more than one per step (the final one is not kept)
+        return min(self.k, max(record.n_steps, 1)) * state_bytes + 8 * len(record.ts)
+
+    def backward(self, saved: Saved, grad_ys: torch.Tensor):
+        record = self.record
+        self.start_backward(saved, grad_ys, record)
+        self.recomputed = 0
+        if record.n_steps:
+            stored = dict(self.stored)  # the forward's checkpoints survive a second backward
+            y_0, s_0 = stored.pop(0)
+            self._reverse(0, record.n_steps, y_0, s_0, self.k - 1, stored)
+        self.stats.recomputed_steps = self.recomputed
+        return self.end_backward(saved)
+
+    def _advance(self, lo: int, hi: int, y: torch.Tensor, s: Any) -> tuple[torch.Tensor, Any]:
+        rec = self.record
+        with torch.no_grad():
+            for i in range(lo, hi):
+                r = self.problem.step(rec.ts[i], rec.h(i), y, s)
+                y, s = r.y1, r.state1
+        self.recomputed += hi - lo
+        return y, s
+
+    def _reverse(self, lo: int, hi: int, y_lo, s_lo, slots: int, stored: dict) -> None:
+        """Reverse steps ``lo..hi-1`` from ``(y_lo, s_lo)`` with ``slots`` free checkpoints."""
+        while hi - lo > 1:
+            if slots == 0:
+                for i in range(hi - 1, lo - 1, -1):
+                    self.reverse_step(i, *self._advance(lo, i, y_lo, s_lo))
+                return
+            m = lo + optimal_split(hi - lo, slots + 1)
+            if m in stored:
+                y_m, s_m = stored.pop(m)
+            else:
+                y_m, s_m = self._advance(lo, m, y_lo, s_lo)
+            self._reverse(m, hi, y_m, s_m, slots - 1, stored)
+            hi = m
+        self.reverse_step(lo, y_lo, s_lo)
+
+
 @register
 @dataclass(frozen=True)
-class Binomial(FunctionMethod):
+class Binomial(ReplayMethod):
     """Binomial checkpointing (ANODE's memory-reduced variant, Griewank's "revolve").
 
     At most ``checkpoints`` states (the initial one included) are stored at any time; the
     backward pass recomputes segments recursively, placing each checkpoint at the position that
-    minimises the total recomputation. Gradient: identical to direct backpropagation through the
-    accepted steps. Memory ``N_z (N_f + K)``; recomputation ``optimal_recomputations(N, K)``
-    forward steps (``O(N log N)`` for ``K ≈ log N``).
+    minimises the total recomputation, and reverses each step with :meth:`step_vjp`. Gradient:
+    identical to direct backpropagation through the accepted steps. Memory ``N_z (N_f + K)``;
+    recomputation ``optimal_recomputations(N, K)`` forward steps (``O(N log N)`` for
+    ``K ≈ log N``). No double backward (use ``"direct"``).
 
     Schedule: on a fixed grid the number of steps is known before the forward pass, which stores
     the first sweep's checkpoints itself — the recomputation count equals the binomial optimum.
@@ -77,6 +135,9 @@ class Binomial(FunctionMethod):
 
     Args:
         checkpoints: K >= 1, the maximum number of stored states (default 8).
+
+    Raises:
+        TypeError, ValueError: ``checkpoints`` is not an integer >= 1.
     """
 
     name = "binomial"
@@ -84,10 +145,13 @@ class Binomial(FunctionMethod):
     checkpoints: int = 8
 
     def __post_init__(self) -> None:
-        if int(self.checkpoints) != self.checkpoints or self.checkpoints < 1:
-            raise ValueError(
-                f"Binomial(checkpoints=K) needs an integer K >= 1, got {self.checkpoints!r}"
-            )
+        k = _validate.integer(
+            "Binomial", "checkpoints", self.checkpoints, "Binomial(checkpoints=8)"
+        )
+        object.__setattr__(self, "checkpoints", k)
+
+    def tape(self, problem: Problem, stats: SolveStats) -> _BinomialTape:
+        return _BinomialTape(self, problem, stats)
 
 
 def optimal_recomputations(n_steps: int, checkpoints: int) -> int:
@@ -105,95 +169,3 @@ def _first_sweep(n: int, k: int) -> list[int]:
         positions.append(lo)
         slots -= 1
     return positions
-
-
-class _BinomialFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, c: Context, holder: dict, y0: torch.Tensor, *params: torch.Tensor):
-        problem, k = c.problem, c.method.checkpoints
-        stored: dict[int, tuple[torch.Tensor, Any]] = {}
-        if problem.fixed:
-            grid = fixed_grid(problem.t_out, problem.options.step_size, problem.options.step_t)
-            wanted = set(_first_sweep(len(grid) - 1, k))
-        else:
-            wanted = set()
-
-        def on_step(i, y, s):
-            if i == 0 or i in wanted:
-                stored[i] = (y, s)
-
-        with torch.no_grad():
-            state0 = problem.init(y0)
-            outputs, _, _, record = integrate(problem, y0, state0, on_step)
-        holder["record"] = record
-        ctx.c, ctx.record, ctx.stored = c, record, stored
-        ctx.save_for_backward(y0, *params)
-        state_bytes = tensor_bytes([y0, state0 if isinstance(state0, torch.Tensor) else None])
-        # at most K states at once, and never more than one per step (the final one is not kept)
-        c.stats.memory_bytes = min(k, max(record.n_steps, 1)) * state_bytes + 8 * len(record.ts)
-        c.stats.optimal_recomputed_steps = optimal_recomputations(record.n_steps, k)
-        return torch.stack(outputs)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        c: Context = ctx.c
-        refuse_double_backward(c.method.name)
-        problem, record, k = c.problem, ctx.record, c.method.checkpoints
-        y0, *params = ctx.saved_tensors
-        nfe_start = problem.f.nfe
-        cot = output_cotangents(grad_out, record.out_steps)
-        if record.n_steps == 0:
-            grad_y0 = cot.get(-1, torch.zeros_like(y0))
-            return (None, None, grad_y0, *[torch.zeros_like(p) for p in params])
-        rev = _Reverser(problem, record, grad_out, params, dict(ctx.stored))
-        with preserve_buffers(problem.f.func):
-            y_0, s_0 = rev.stored.pop(0)
-            rev.reverse(0, record.n_steps, y_0, s_0, k - 1)
-            grad_y0 = rev.adj.finish(problem, y0, params)
-        if -1 in cot:
-            grad_y0 = grad_y0 + cot[-1]
-        c.stats.nfe_backward += problem.f.nfe - nfe_start
-        c.stats.recomputed_steps = rev.recomputed
-        return (None, None, grad_y0, *rev.adj.params)
-
-
-class _Reverser:
-    """Reverse steps ``lo..hi-1`` with ``slots`` free checkpoint slots, recursively."""
-
-    def __init__(self, problem, record, grad_out, params, stored) -> None:
-        self.problem, self.record, self.grad_out, self.params = problem, record, grad_out, params
-        self.stored = stored  # checkpoints placed by the forward pass (fixed grids)
-        self.adj: Adjoint | None = None
-        self.recomputed = 0
-
-    def advance(self, lo: int, hi: int, y, s):
-        rec = self.record
-        with torch.no_grad():
-            for i in range(lo, hi):
-                r = self.problem.step(rec.ts[i], rec.h(i), y, s)
-                y, s = r.y1, r.state1
-        self.recomputed += hi - lo
-        return y, s
-
-    def reverse(self, lo: int, hi: int, y_lo, s_lo, slots: int) -> None:
-        while hi - lo > 1:
-            if slots == 0:
-                for i in range(hi - 1, lo - 1, -1):
-                    self._vjp(i, *self.advance(lo, i, y_lo, s_lo))
-                return
-            m = lo + optimal_split(hi - lo, slots + 1)
-            if m in self.stored:
-                y_m, s_m = self.stored.pop(m)
-            else:
-                y_m, s_m = self.advance(lo, m, y_lo, s_lo)
-            self.reverse(m, hi, y_m, s_m, slots - 1)
-            hi = m
-        self._vjp(lo, y_lo, s_lo)
-
-    def _vjp(self, i: int, y, s) -> None:
-        if self.adj is None:
-            self.adj = Adjoint.zeros(y, s, self.params)
-        step_vjp(self.problem, self.record, i, y, s, self.adj, self.grad_out, self.params)
-
-
-Binomial.function = _BinomialFunction

@@ -9,15 +9,29 @@ import torch
 from torch import nn
 
 import torchmali
+from torchmali.gradients import resolve
 
-__all__ = ["ODEBlock", "is_mali"]
+__all__ = ["ODEBlock", "default_method", "is_mali"]
 
 
 def is_mali(gradient: Any) -> bool:
     """Whether ``gradient`` (a name or a configuration object) selects the MALI gradient."""
-    if isinstance(gradient, str):
-        return gradient.lower() == "mali"
-    return type(gradient).__name__.lower() == "mali"
+    return _resolved(gradient).__class__ is torchmali.Mali
+
+
+def default_method(gradient: Any) -> str | None:
+    """The solver ``ODEBlock`` uses when ``method=None``: the first reversible solver of the
+    registry (``"alf"``) for a gradient method that needs one, else the library default."""
+    if not _resolved(gradient).needs_reversible:
+        return None
+    return next(name for name, cls in torchmali.SOLVERS.items() if cls.reversible)
+
+
+def _resolved(gradient: Any) -> Any:
+    try:
+        return resolve(gradient)
+    except (TypeError, ValueError):
+        return None  # an invalid gradient is reported by torchmali.solve, with the fix
 
 
 class ODEBlock(nn.Module):
@@ -34,10 +48,11 @@ class ODEBlock(nn.Module):
             submodule, so its parameters belong to the block.
         t: The integration interval ``(t0, t1)`` (or more output times; only the last state is
             returned by :meth:`forward` unless ``t`` is given there).
-        method: Solver name. ``None`` picks ``"alf"`` for the MALI gradient (the only solver it
-            accepts) and the library default otherwise.
-        gradient: Gradient method, a name (``"direct"``, ``"adjoint"``, ``"checkpoint"``,
-            ``"binomial"``, ``"mali"``) or a configuration object.
+        method: Solver name. ``None`` picks a reversible solver (``"alf"``) for a gradient method
+            that needs one (``"mali"``) and the library default otherwise.
+        gradient: Gradient method, a name of ``torchmali.gradients.names()`` (``"direct"``,
+            ``"adjoint"``, ``"checkpoint"``, ``"binomial"``, ``"mali"``, ...) or a configuration
+            object.
         rtol: Relative tolerance of adaptive solvers.
         atol: Absolute tolerance of adaptive solvers.
         options: Solver options, e.g. ``{"step_size": 0.25}`` for a fixed grid or ``{"eta": 1.0}``
@@ -69,7 +84,7 @@ class ODEBlock(nn.Module):
             )
         self.func = func
         self.t = tuple(times)
-        self.method = method if method is not None else ("alf" if is_mali(gradient) else None)
+        self.method = method if method is not None else default_method(gradient)
         self.gradient = gradient
         self.rtol = rtol
         self.atol = atol

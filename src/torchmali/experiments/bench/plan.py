@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torchmali.gradients import REGISTRY, names
+
 __all__ = [
     "GRADIENTS",
     "LIBRARIES",
@@ -24,8 +26,8 @@ __all__ = [
     "parse_names",
 ]
 
-#: torchmali's gradient methods, in the order they are reported.
-GRADIENTS = ("direct", "adjoint", "checkpoint", "binomial", "mali")
+#: torchmali's gradient methods, in the order they are reported (the registry's ``names()``).
+GRADIENTS = names()
 #: torchmali first, then the peers.
 LIBRARIES = ("torchmali", "torchdiffeq", "torchdiffeqpack")
 DTYPES = ("float32", "float64")
@@ -145,10 +147,11 @@ class Section:
         return out
 
 
-_EXACT = ("direct", "checkpoint", "binomial", "mali")
-_PEERS_ALF = ("direct", "checkpoint", "binomial", "mali")  # with TorchDiffEqPack's MALI
-_PEERS_RK = ("direct", "adjoint", "checkpoint")  # with torchdiffeq and TorchDiffEqPack's ACA
-_ADAPTIVE_RK = ("direct", "adjoint", "checkpoint", "binomial")
+_EXACT = names(exact=True)  # direct and every exact memory-efficient method
+_PEERS_ALF = _EXACT  # with TorchDiffEqPack's MALI
+_PEERS_RK = ("direct", "adjoint", "checkpoint")  # the methods torchdiffeq / TorchDiffEqPack have
+_ADAPTIVE_RK = tuple(g for g in GRADIENTS if not REGISTRY[g].needs_reversible)
+_REVERSIBLE = ("direct", *(g for g in GRADIENTS if REGISTRY[g].needs_reversible))
 
 _F64 = {"gradients": _EXACT, "libraries": ("torchmali",), "dtypes": ("float64",), "repeats": 1}
 
@@ -160,9 +163,7 @@ SUITES: dict[str, tuple[Section, ...]] = {
         Section(
             "Euler grid", ("mlp-times", "conv"), ("euler",), steps=(10, 100), gradients=_PEERS_RK
         ),
-        Section(
-            "adaptive ALF", ("mlp",), ("alf",), rtols=(1e-2, 1e-4), gradients=("direct", "mali")
-        ),
+        Section("adaptive ALF", ("mlp",), ("alf",), rtols=(1e-2, 1e-4), gradients=_REVERSIBLE),
         Section(
             "adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-4, 1e-7), gradients=_ADAPTIVE_RK
         ),
@@ -172,7 +173,7 @@ SUITES: dict[str, tuple[Section, ...]] = {
         Section("ALF grid", ("mlp",), ("alf",), steps=(10, 100), gradients=_PEERS_ALF),
         Section("Euler grid", ("mlp",), ("euler",), steps=(10, 100), gradients=_PEERS_RK),
         Section("ALF grid", ("conv",), ("alf",), steps=(10, 30), gradients=_PEERS_ALF),
-        Section("adaptive ALF", ("mlp",), ("alf",), rtols=(1e-3,), gradients=("direct", "mali")),
+        Section("adaptive ALF", ("mlp",), ("alf",), rtols=(1e-3,), gradients=_REVERSIBLE),
         Section("adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-6,), gradients=_ADAPTIVE_RK),
         Section("float64", ("mlp",), ("alf",), steps=(100,), **_F64),
     ),

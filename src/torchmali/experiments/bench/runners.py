@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .plan import Case
+from .plan import GRADIENTS, Case
 from .workloads import T0, T1, WORKLOADS, Problem
 
 __all__ = ["RUNNERS", "Runner", "support"]
@@ -174,7 +174,7 @@ RUNNERS: dict[tuple[str, str], Runner] = {
                 False,
                 _torchmali,
             )
-            for g in ("direct", "adjoint", "checkpoint", "binomial", "mali")
+            for g in GRADIENTS
         ),
         *(
             Runner(
@@ -233,12 +233,16 @@ def support(case: Case, torchmali_gradients: frozenset[str]) -> tuple[bool, str 
     if case.library == "torchmali":
         import torchmali
 
-        if case.gradient == "mali" and case.method != "alf":
-            return False, None
         if case.method not in torchmali.SOLVERS:
             return False, None
         if case.gradient not in torchmali_gradients:
             return True, f"torchmali has no gradient method {case.gradient!r} yet"
+        gradient, solver = (
+            torchmali.gradients.resolve(case.gradient),
+            torchmali.SOLVERS[case.method],
+        )
+        if not gradient.accepts(solver, case.mode == "fixed"):
+            return False, None  # e.g. MALI with a non-reversible solver
     elif runner.peer_method(case) is None:
         return False, None
     if importlib.util.find_spec(runner.module) is None:
