@@ -8,6 +8,7 @@ from .binomial import Binomial
 from .checkpoint import Checkpoint
 from .direct import Direct
 from .mali import Mali, ReconstructionDriftWarning
+from .symplectic import Symplectic
 
 __all__ = [
     "REGISTRY",
@@ -17,6 +18,7 @@ __all__ = [
     "Direct",
     "Mali",
     "ReconstructionDriftWarning",
+    "Symplectic",
     "GradientMethod",
     "register",
     "resolve",
