@@ -407,3 +407,39 @@ def test_peak_rss_is_one_evaluation_not_one_step():
     assert sym[6] < 2.5 * one_eval  # one evaluation + its VJP's temporaries
     assert sym[6] < 0.5 * checkpoint
     assert abs(sym[6] - sym[2]) < 0.25 * one_eval  # independent of the number of steps
+
+
+# ---------------------------------------------------------------- with binomial checkpointing
+
+
+@pytest.mark.parametrize(
+    "method,options",
+    [("rk4", {"step_size": 0.1}), ("dopri5", {"step_size": 0.1}), ("dopri5", None),
+     ("tsit5", None), ("bosh3", None)],
+)  # fmt: skip
+@pytest.mark.parametrize("k", [1, 3])
+def test_binomial_storage_equals_direct(method, options, k, f64):
+    """``Symplectic(checkpoints=K)``: binomial's schedule, stage-wise step VJPs."""
+    from torchmali.gradients.binomial import optimal_recomputations
+
+    torch.manual_seed(6)
+    func = MLP(3, 6).to(f64)
+    y0 = torch.randn(2, 3, dtype=f64, requires_grad=True)
+    t = torch.tensor([0.0, 0.45, 1.2, 2.0], dtype=f64)
+    ref_sol, ref = grads(func, y0, t, method, options, "direct")
+    sol, got = grads(func, y0, t, method, options, Symplectic(checkpoints=k))
+    assert torch.equal(sol.ts, ref_sol.ts)
+    assert max_rel(got, ref) <= 1e-10
+    n = sol.stats.n_accepted
+    if options is not None:
+        assert sol.stats.recomputed_steps == optimal_recomputations(n, k)
+    bino, _ = grads(func, y0, t, method, options, torchmali.Binomial(checkpoints=k))
+    stages = torchmali.SOLVERS[method].tableau.stages
+    assert sol.stats.memory_bytes == bino.stats.memory_bytes + 2 * stages * y0.nbytes
+    assert sol.stats.recomputed_steps == bino.stats.recomputed_steps
+
+
+@pytest.mark.parametrize("k", [0, -2, 1.5, True, "4"])
+def test_checkpoints_must_be_a_positive_integer(k):
+    with pytest.raises((ValueError, TypeError), match="checkpoints=K"):
+        Symplectic(checkpoints=k)

@@ -46,6 +46,7 @@ from ._backward import (
     vjp,
 )
 from .base import register
+from .binomial import _BinomialFunction, _Reverser
 from .checkpoint import Adjoint, _CheckpointFunction
 
 
@@ -239,12 +240,39 @@ class Symplectic(FunctionMethod):
     first stage is the carried derivative) and as many VJPs; all are counted in
     ``SolveStats.nfe_backward``.
 
+    With ``checkpoints=K`` the states are stored as ``binomial`` stores them (at most ``K`` at
+    once, segments recomputed without graph by the optimal schedule) and each step is then
+    differentiated stage by stage: memory ``N_z (K + 2 s) + N_f``, for the recomputation counts
+    of :class:`~torchmali.gradients.Binomial` (reported the same way).
+
     Requires an explicit Runge–Kutta solver (``euler``, ``midpoint``, ``heun``, ``rk4``,
     ``adaptive_heun``, ``bosh3``, ``dopri5``, ``tsit5``, ...); ALF uses ``gradient="mali"``.
+    Reference: T. Matsubara, Y. Miyatake, T. Yaguchi, "Symplectic Adjoint Method for Exact
+    Gradient of Neural ODE with Minimal Memory", NeurIPS 2021.
+
+    Args:
+        checkpoints: ``None`` (default) stores one state per accepted step; an integer ``K >= 1``
+            stores at most ``K`` states (binomial checkpointing).
     """
 
     name = "symplectic"
     aliases = ("symplectic_adjoint",)
+    checkpoints: int | None = None
+
+    def __post_init__(self) -> None:
+        k = self.checkpoints
+        if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
+            raise ValueError(
+                f"Symplectic(checkpoints=K) needs None (one state per step) or an integer "
+                f"K >= 1, got {k!r}"
+            )
+
+    @property
+    def function(self) -> type[torch.autograd.Function]:  # type: ignore[override]
+        """The autograd Function: checkpointing's storage, or binomial's with ``checkpoints``."""
+        if self.checkpoints is None:
+            return _SymplecticFunction
+        return _SymplecticBinomialFunction
 
     def check(self, solver: Solver, problem_is_fixed: bool) -> None:
         if not isinstance(solver, RungeKutta) or getattr(solver, "tableau", None) is None:
@@ -263,8 +291,7 @@ class _SymplecticFunction(_CheckpointFunction):
     @staticmethod
     def forward(ctx, c: Context, holder: dict, y0: torch.Tensor, *params: torch.Tensor):
         out = _CheckpointFunction.forward(ctx, c, holder, y0, *params)
-        stage_bytes = y0.numel() * y0.element_size()
-        c.stats.memory_bytes += 2 * c.problem.solver.tableau.stages * stage_bytes
+        c.stats.memory_bytes += _stage_bytes(c.problem, y0)
         return out
 
     @staticmethod
@@ -274,10 +301,7 @@ class _SymplecticFunction(_CheckpointFunction):
         problem, record = c.problem, ctx.record
         y0, *params = ctx.saved_tensors
         nfe_start = problem.f.nfe
-        by_step: dict[int, list[tuple[float, torch.Tensor]]] = {}
-        for k, i in enumerate(record.out_steps):
-            if i >= 0:
-                by_step.setdefault(i, []).append((problem.t_out[k], grad_out[k]))
+        by_step = _outputs_by_step(problem, record, grad_out)
         cot_y, cot_s = torch.zeros_like(y0), None
         grads = [torch.zeros_like(p) for p in params]
         with preserve_buffers(problem.f.func):
@@ -297,4 +321,63 @@ class _SymplecticFunction(_CheckpointFunction):
         return (None, None, grad_y0, *grads)
 
 
-Symplectic.function = _SymplecticFunction
+def _stage_bytes(problem: Problem, y0: torch.Tensor) -> int:
+    """Bytes of the stage values of one step and their cotangents (``2 s`` states)."""
+    return 2 * problem.solver.tableau.stages * y0.numel() * y0.element_size()
+
+
+def _outputs_by_step(problem: Problem, record, grad_out: torch.Tensor) -> dict[int, list]:
+    """``(t_k, cotangent)`` of the outputs falling in each accepted step (not those at t0)."""
+    by_step: dict[int, list[tuple[float, torch.Tensor]]] = {}
+    for k, i in enumerate(record.out_steps):
+        if i >= 0:
+            by_step.setdefault(i, []).append((problem.t_out[k], grad_out[k]))
+    return by_step
+
+
+class _SymplecticBinomialFunction(_BinomialFunction):
+    """Binomial checkpointing's storage and schedule; each step differentiated stage-wise."""
+
+    @staticmethod
+    def forward(ctx, c: Context, holder: dict, y0: torch.Tensor, *params: torch.Tensor):
+        out = _BinomialFunction.forward(ctx, c, holder, y0, *params)
+        c.stats.memory_bytes += _stage_bytes(c.problem, y0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        # binomial's backward, with the stage-wise step VJP in the replay
+        c: Context = ctx.c
+        refuse_double_backward(c.method.name)
+        problem, record, k = c.problem, ctx.record, c.method.checkpoints
+        y0, *params = ctx.saved_tensors
+        nfe_start = problem.f.nfe
+        cot0 = output_cotangents(grad_out, record.out_steps).get(-1)
+        rev = _StageReverser(problem, record, grad_out, params, dict(ctx.stored))
+        rev.adj = Adjoint(torch.zeros_like(y0), None, [torch.zeros_like(p) for p in params])
+        with preserve_buffers(problem.f.func):
+            if record.n_steps:
+                y_0, s_0 = rev.stored.pop(0)
+                rev.reverse(0, record.n_steps, y_0, s_0, k - 1)
+            grad_y0 = rev.adj.finish(problem, y0, params)
+        if cot0 is not None:
+            grad_y0 = grad_y0 + cot0
+        c.stats.nfe_backward += problem.f.nfe - nfe_start
+        c.stats.recomputed_steps = rev.recomputed
+        return (None, None, grad_y0, *rev.adj.params)
+
+
+class _StageReverser(_Reverser):
+    """Binomial's recursive reversal calling :func:`symplectic_step_vjp` for each step."""
+
+    def __init__(self, problem, record, grad_out, params, stored) -> None:
+        super().__init__(problem, record, grad_out, params, stored)
+        self.by_step = _outputs_by_step(problem, record, grad_out)
+
+    def _vjp(self, i: int, y, s) -> None:
+        adj, rec = self.adj, self.record
+        adj.y, adj.state, g = symplectic_step_vjp(
+            self.problem, rec.ts[i], rec.h(i), y, s, adj.y, adj.state,
+            self.by_step.get(i, ()), self.params,
+        )  # fmt: skip
+        add_into(adj.params, g)
