@@ -2,8 +2,13 @@
 
 Methods are interleaved within each repeat so that machine-load drift hits them alike."""
 
-import statistics, sys, time
-import torch, torchmali
+import statistics
+import sys
+import time
+
+import torch
+
+import torchmali
 from torchmali.experiments.bench.workloads import WORKLOADS, build_problem
 
 torch.set_num_threads(1)
