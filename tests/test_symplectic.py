@@ -439,7 +439,7 @@ def test_binomial_storage_equals_direct(method, options, k, f64):
     assert sol.stats.recomputed_steps == bino.stats.recomputed_steps
 
 
-@pytest.mark.parametrize("k", [0, -2, 1.5, True, "4"])
+@pytest.mark.parametrize("k", [0, -2, 1.5, 4.0, True, "4", [2]])
 def test_checkpoints_must_be_a_positive_integer(k):
-    with pytest.raises((ValueError, TypeError), match="checkpoints=K"):
+    with pytest.raises(ValueError, match="checkpoints=K"):
         Symplectic(checkpoints=k)

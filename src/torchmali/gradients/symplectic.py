@@ -26,6 +26,7 @@ activations alive at any time instead of a whole step's (``checkpoint``) or a wh
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -261,7 +262,7 @@ class Symplectic(FunctionMethod):
 
     def __post_init__(self) -> None:
         k = self.checkpoints
-        if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
+        if k is not None and (isinstance(k, bool) or not _is_int(k) or k < 1):
             raise ValueError(
                 f"Symplectic(checkpoints=K) needs None (one state per step) or an integer "
                 f"K >= 1, got {k!r}"
@@ -319,6 +320,14 @@ class _SymplecticFunction(_CheckpointFunction):
             grad_y0 = grad_y0 + cot0
         c.stats.nfe_backward += problem.f.nfe - nfe_start
         return (None, None, grad_y0, *grads)
+
+
+def _is_int(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _stage_bytes(problem: Problem, y0: torch.Tensor) -> int:
