@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
-from torchmali import Mali
+from torchmali import SOLVERS, Mali
 from torchmali.experiments.distributed import DistEnv
 from torchmali.experiments.train import GRADIENTS, TASKS
+from torchmali.gradients import resolve
 
 
 def compared(k: int) -> dict[str, Any]:
@@ -68,9 +69,12 @@ def agreement(path: Path, batches: int, k: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     result: dict = {"checkpoint": str(path), "epoch": epoch, "task": args.task}
     result.update(dataset=getattr(args, "dataset", None), trained_with=args.gradient)
-    methods = compared(k)
-    if args.method != "alf":
-        methods = {label: g for label, g in methods.items() if not label.startswith("mali")}
+    solver = SOLVERS[args.method]
+    methods = {  # the methods that can differentiate the run's solver
+        label: g
+        for label, g in compared(k).items()
+        if resolve(g).accepts(solver, bool(args.step_size))
+    }
     errors: dict[str, list[tuple[float, float]]] = {label: [] for label in methods}
     parasitic, drift = [], []
     for b in range(batches):

@@ -5,7 +5,7 @@ The public API, re-exported from the private modules:
 * :func:`odeint`, :func:`solve` — integrate an ODE (torchdiffeq conventions);
 * :func:`odeint_adjoint` — torchdiffeq's adjoint entry point;
 * gradient methods for ``gradient=``: :class:`Direct`, :class:`Mali`, :class:`Checkpoint`,
-  :class:`Binomial`, :class:`Adjoint`;
+  :class:`Binomial`, :class:`Symplectic`, :class:`Adjoint`;
 * :class:`Options`, :class:`Solution`, :class:`SolveStats`, :class:`SolverError`;
 * :mod:`torchmali.solvers` — the solvers and their registry.
 """
@@ -23,6 +23,7 @@ from .gradients import (
     GradientMethod,
     Mali,
     ReconstructionDriftWarning,
+    Symplectic,
 )
 from .solvers import ALF, SOLVERS
 
@@ -42,6 +43,7 @@ __all__ = [
     "Solution",
     "SolveStats",
     "SolverError",
+    "Symplectic",
     "__version__",
     "odeint",
     "odeint_adjoint",

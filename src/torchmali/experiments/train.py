@@ -22,6 +22,9 @@ __all__ = ["GRADIENTS", "TASKS", "add_parser", "resolve", "run"]
 
 #: every registered gradient method (``torchmali.gradients.names()``)
 GRADIENTS = names()
+#: solvers tried, in order, when ``--method`` is not given and the task's default does not fit
+#: the gradient method (second order and one or two evaluations per step, like ALF)
+_FALLBACK_METHODS = ("midpoint", "heun", "rk4", "dopri5")
 TASKS: dict[str, Any] = {
     "image": (image, image.ImageTask),
     "timeseries": (timeseries, timeseries.TimeSeriesTask),
@@ -40,7 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--method",
         default=None,
-        help="solver (default alf; e.g. dopri5, rk4, tsit5 for non-MALI gradients)",
+        help="solver (default alf, or midpoint for a gradient method that refuses alf, e.g. "
+        "symplectic; any of torchmali.SOLVERS such as dopri5, rk4, tsit5)",
     )
     g.add_argument(
         "--step-size",
@@ -130,10 +134,19 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """
     module, _ = TASKS[args.task]
     defaults = module.QUICK if args.quick else {**module.DEFAULTS, **module.specific_defaults(args)}
+    method_given = getattr(args, "method", None) is not None
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    gradient, solver = resolve_gradient(args.gradient), SOLVERS.get(args.method)
+    gradient = resolve_gradient(args.gradient)
+    if not method_given and not gradient.accepts(SOLVERS[args.method], bool(args.step_size)):
+        # the task's default solver (ALF) does not fit this gradient method (e.g. symplectic
+        # needs a Runge-Kutta tableau): take the first fitting one of the same cost class
+        args.method = next(
+            (m for m in _FALLBACK_METHODS if gradient.accepts(SOLVERS[m], bool(args.step_size))),
+            args.method,
+        )
+    solver = SOLVERS.get(args.method)
     if solver is not None and not gradient.accepts(solver, bool(args.step_size)):
         fits = [n for n, c in SOLVERS.items() if gradient.accepts(c, bool(args.step_size))]
         raise ValueError(

@@ -16,6 +16,7 @@ from .binomial import Binomial
 from .checkpoint import Checkpoint
 from .direct import Direct
 from .mali import Mali, ReconstructionDriftWarning
+from .symplectic import Symplectic
 
 __all__ = [
     "REGISTRY",
@@ -25,6 +26,7 @@ __all__ = [
     "Direct",
     "Mali",
     "ReconstructionDriftWarning",
+    "Symplectic",
     "GradientMethod",
     "names",
     "register",
