@@ -14,13 +14,27 @@ from torch import nn
 
 import torchmali
 from torchmali.gradients import REGISTRY
+from torchmali.solvers import AdamsBashforthMoulton
 
 EXACT = ["checkpoint", "binomial", "mali"]
 REVERSIBLE = sorted(n for n, c in torchmali.SOLVERS.items() if c.reversible)
 
 
+# Solvers whose state is a tuple of tensors (the Adams history); checkpoint/binomial need the
+# core branch's tuple-state support (they flip to XPASS, i.e. fail, once it is merged).
+TUPLE_STATE = sorted(
+    n for n, c in torchmali.SOLVERS.items() if issubclass(c, AdamsBashforthMoulton)
+)
+_NEEDS_TUPLE_STATES = pytest.mark.xfail(
+    strict=True, reason="needs tuple solver states from the core branch"
+)
+
+
 def solvers_for(gradient: str) -> list[str]:
-    return REVERSIBLE if gradient == "mali" else sorted(torchmali.SOLVERS)
+    """Every solver the gradient method accepts (scipy_solver has no gradient at all)."""
+    if gradient == "mali":
+        return REVERSIBLE
+    return sorted(n for n, c in torchmali.SOLVERS.items() if not c.forward_only)
 
 
 class MLP(nn.Module):
@@ -189,7 +203,10 @@ def test_tuple_state_and_decreasing_time(gradient, f64):
 def gradcheck_cases():
     for gradient in ["direct", *EXACT]:
         for method in solvers_for(gradient):
-            yield gradient, method
+            if gradient in ("checkpoint", "binomial") and method in TUPLE_STATE:
+                yield pytest.param(gradient, method, marks=_NEEDS_TUPLE_STATES)
+            else:
+                yield gradient, method
 
 
 @pytest.mark.parametrize("gradient,method", list(gradcheck_cases()))
