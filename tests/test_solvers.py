@@ -303,3 +303,32 @@ def test_fixed_grid_near_output_has_no_sliver_step(linear):
     sol = torchmali.solve(linear.f, linear.y0, t, method="rk4", options={"step_size": 0.1})
     assert len(sol.ts) == 8
     assert float(torch.diff(sol.ts).min()) > 0.09
+
+
+# ---------------------------------------------------------------------------------------------
+# perturb: the wrapped right-hand side nudges the time by one ulp of the state's dtype.
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_rhs_perturb_nudges_one_ulp(dtype, sign):
+    from torchmali._tree import RHS, Structure
+
+    seen = []
+
+    def func(t, y):
+        seen.append(t)
+        return y
+
+    y = torch.ones(2, dtype=dtype)
+    rhs = RHS(func, Structure.of(y), sign=sign)
+    for p in (0, 1, -1):
+        rhs(0.3, y, perturb=p)
+    plain, after, before = seen
+    assert plain.dtype == after.dtype == before.dtype == dtype
+    # +1 is one ulp later in the solver's time s = sign * t, -1 one ulp earlier
+    up, down = torch.tensor(math.inf, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)
+    later, earlier = (up, down) if sign > 0 else (down, up)
+    assert torch.equal(after, torch.nextafter(plain, later))
+    assert torch.equal(before, torch.nextafter(plain, earlier))
+    assert rhs.nfe == 3
