@@ -177,3 +177,19 @@ def test_scipy_failure_is_a_solver_error(f64):
             method="scipy_solver",
             options={"solver": "RK45"},
         )
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "aca", "binomial", "revolve"])
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams", "fixed_adams"])
+def test_adams_exact_methods_refused_until_tuple_states(gradient, method, linear):
+    """Not a silently wrong gradient: refused with the fix. (Delete with the guard in
+    _odeint._refuse_tuple_states when the core branch's tuple solver states are merged.)"""
+    with pytest.raises(ValueError, match=r"does not support method=.*gradient='direct'"):
+        torchmali.odeint(
+            linear.f,
+            linear.y0,
+            [0.0, 1.0],
+            method=method,
+            options={"step_size": 0.1},
+            gradient=gradient,
+        )
