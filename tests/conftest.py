@@ -18,9 +18,13 @@ import torchmali
 # loaded 2-core machine, OpenMP spin-waiting made small solves 70x slower).
 torch.set_num_threads(1)
 
-ADAPTIVE = sorted(name for name, cls in torchmali.SOLVERS.items() if cls.adaptive)
-FIXED_ONLY = sorted(name for name, cls in torchmali.SOLVERS.items() if not cls.adaptive)
-ALL_SOLVERS = sorted(torchmali.SOLVERS)
+# One name per solver class (aliases such as "heun2" = "heun" are tested once), stepping solvers
+# only: "scipy_solver" runs outside torch (no steps of its own, no gradient) and has its own tests.
+_STEPPING = {n: c for n, c in torchmali.SOLVERS.items() if n == c.name and not c.forward_only}
+ADAPTIVE = sorted(name for name, cls in _STEPPING.items() if cls.adaptive)
+FIXED_ONLY = sorted(name for name, cls in _STEPPING.items() if not cls.adaptive)
+ALL_SOLVERS = sorted(_STEPPING)
+FORWARD_ONLY = sorted(n for n, c in torchmali.SOLVERS.items() if c.forward_only)
 
 
 @pytest.fixture

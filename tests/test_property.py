@@ -23,7 +23,8 @@ hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 F64 = torch.float64
-SOLVERS = sorted(torchmali.SOLVERS)
+#: one name per solver class (aliases such as fixed_adams/heun2 are the same solver)
+SOLVERS = sorted({cls: name for name, cls in sorted(torchmali.SOLVERS.items())[::-1]}.values())
 #: exact methods: a class may say so with ``exact``; the backsolve adjoint is not exact
 EXACT = sorted(
     {
@@ -113,11 +114,8 @@ def _gradients(p: dict, method: str, gradient: str):
 
 
 def _refused(gradient: str, method: str, fixed: bool) -> bool:
-    try:
-        resolve(gradient).check(torchmali.SOLVERS[method](), fixed)
-    except ValueError:
-        return True
-    return False
+    """The method's own ``accepts`` (its ``check``; forward-only solvers have no gradient)."""
+    return not resolve(gradient).accepts(torchmali.SOLVERS[method], fixed)
 
 
 @pytest.mark.parametrize("method", SOLVERS)

@@ -25,6 +25,10 @@ from ._validate import check_times, tolerance_values
 from .gradients import resolve
 from .gradients.base import GradientMethod
 from .solvers import ALF, SOLVERS
+from .solvers.scipy_solver import check_gradient as check_scipy_gradient
+from .solvers.scipy_solver import check_options as check_scipy_options
+from .solvers.scipy_solver import guard as scipy_guard
+from .solvers.scipy_solver import trainables as scipy_trainables
 from .step_size import Tolerance, rms_norm
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
@@ -126,16 +130,18 @@ def solve(
     method = "dopri5" if method is None else method
     if method not in SOLVERS:
         raise ValueError(f"unknown method {method!r}; valid methods are {sorted(SOLVERS)}")
-    opts = Options.parse(options)
-    solver = _make_solver(method, opts)
+    opts = Options.parse(options, SOLVERS[method])
+    tol = _tolerance(structure, rtol, atol, opts)
+    solver = _make_solver(method, opts, tol)
     grad = resolve(gradient)
     grad.check(solver, opts.step_size is not None)
     f = RHS(func, structure, sign, seed=_rng_seed(func))
     work = working_dtype(structure.dtype)
     if work != structure.dtype:  # bfloat16 / float16: integrate in float32 (see _precision)
         f.working_dtype, y0_flat = work, y0_flat.to(work)
-    tol = _tolerance(structure, rtol, atol, opts)
     problem = Problem(f=f, solver=solver, options=opts, tol=tol, t_out=[sign * v for v in t_list])
+    if solver.forward_only:
+        return _forward_only(problem, func, y0_flat, t_tensor, params, grad.name)
     param_tuple = _params(func, params, grad, f)
     stats = SolveStats(method=method, gradient=grad.name)
 
@@ -175,12 +181,16 @@ def _check_t(t) -> tuple[torch.Tensor, list[float], float]:
     return t, values, sign
 
 
-def _make_solver(method: str, opts: Options):
+def _make_solver(method: str, opts: Options, tol: Tolerance):
+    """The solver of ``method``, configured by its own options (``opts.solver_options``)."""
     cls = SOLVERS[method]
     if opts.eta != 1.0 and cls is not ALF:
         raise ValueError(
             f"options['eta'] is the ALF damping; it has no effect with method={method!r}"
         )
+    if cls.forward_only:
+        check_scipy_options(opts)
+        return cls(**opts.solver_options)
     if not cls.adaptive and opts.step_size is None:
         raise ValueError(
             f"method {method!r} is a fixed-grid solver: pass options={{'step_size': h}}, or use an "
@@ -194,7 +204,33 @@ def _make_solver(method: str, opts: Options):
                 f"option(s) {given} only apply to adaptive solves and have no effect with "
                 "options['step_size']: remove them, or remove step_size"
             )
-    return ALF(eta=opts.eta) if cls is ALF else cls()
+    if cls is ALF:
+        if opts.perturb:
+            raise ValueError(
+                "options['perturb'] has no effect with method='alf' (ALF evaluates func at step "
+                "midpoints only): remove it"
+            )
+        return ALF(eta=opts.eta)
+    kwargs = dict(opts.solver_options)
+    if cls.uses_tolerance:
+        kwargs["tol"] = tol
+    if opts.perturb:
+        kwargs["perturb"] = True
+    return cls(**kwargs)
+
+
+def _forward_only(problem: Problem, func, y0: torch.Tensor, t, params, gradient: str) -> Solution:
+    """``scipy_solver``: solve outside autograd; the outputs refuse a backward pass."""
+    check_scipy_gradient(gradient)
+    outputs, ts = problem.solver.integrate(problem, y0)
+    inputs = [y0, t, *(params or ()), *scipy_trainables(func)]
+    ys = scipy_guard(torch.stack(outputs).to(problem.f.structure.dtype), inputs)
+    structure, f = problem.f.structure, problem.f
+    stats = SolveStats(method=problem.solver.name, gradient=gradient, nfe_forward=f.nfe)
+    stats.n_accepted = len(ts) - 1
+    return Solution(
+        ys=structure.unflatten(ys), ts=torch.tensor(ts, dtype=torch.float64) * f.sign, stats=stats
+    )
 
 
 def _tolerance(structure: Structure, rtol, atol, opts: Options) -> Tolerance:

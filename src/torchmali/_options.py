@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -31,6 +32,13 @@ class Options:
         eta: ALF damping η in (0, 1], not 0.5 (default 1).
         step_t: times the adaptive grid must step on (e.g. discontinuities of ``func``).
         norm: custom error norm ``norm(scaled_error) -> scalar`` (default: RMS over all elements).
+        perturb: on a fixed grid, evaluate the stage at the start of each step just after it and
+            stages at its end just before it (one ulp), as torchdiffeq's ``perturb`` option does,
+            so that a ``func`` discontinuous at grid points sees the correct side. Adaptive solves
+            always evaluate stages at a step's end just before it.
+        solver_options: the solver-specific keys (e.g. ``max_order`` for Adams, ``solver`` for
+            ``scipy_solver``), validated against the method's ``solver_options`` declaration; see
+            each solver's documentation. Pass them at the top level of the ``options`` dict.
     """
 
     step_size: float | None = None
@@ -47,29 +55,48 @@ class Options:
     eta: float = 1.0
     step_t: tuple[float, ...] = ()
     norm: Callable[[Any], Any] | None = None
+    perturb: bool = False
+    solver_options: Mapping[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def keys() -> list[str]:
-        return [f.name for f in fields(Options)]
+        """The keys every method accepts (solver-specific ones come on top)."""
+        return [f.name for f in fields(Options) if f.name != "solver_options"]
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any] | None) -> Options:
-        """Validate a user's options dict (never mutated) into an :class:`Options`."""
+    def parse(cls, options: Mapping[str, Any] | None, solver: Any = None) -> Options:
+        """Validate a user's options dict (never mutated) into an :class:`Options`.
+
+        Args:
+            options: the ``options=`` dict (or an :class:`Options`, returned as is).
+            solver: the solver class of the method; its ``solver_options`` declaration adds the
+                method's own keys (filled with their defaults when absent).
+        """
+        specific = dict(getattr(solver, "solver_options", None) or {})
         if options is None:
-            return cls()
+            options = {}
         if isinstance(options, Options):
             return options
         if not isinstance(options, Mapping):
             raise TypeError(f"options must be a dict, got {type(options).__name__}")
-        valid = cls.keys()
+        valid = cls.keys() + sorted(specific)
         unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown}; valid options are {valid}")
+            where = f" for method={solver.name!r}" if solver is not None else ""
+            raise ValueError(f"unknown option(s) {unknown}; valid options{where} are {valid}")
         kw: dict[str, Any] = {}
+        own = {name: opt.default for name, opt in specific.items()}
         for key, value in options.items():
+            if key in specific:
+                own[key] = specific[key].check(key, value)
+                continue
             if value is None and key in ("step_size", "first_step", "norm"):
                 continue
-            if key == "norm":
+            if key == "perturb":
+                if not isinstance(value, bool):
+                    raise TypeError(f"options['perturb'] must be True or False, got {value!r}")
+                kw[key] = value
+            elif key == "norm":
                 if not callable(value):
                     raise TypeError("options['norm'] must be a callable norm(tensor) -> scalar")
                 kw[key] = value
@@ -84,7 +111,7 @@ class Options:
                 kw[key] = int(number)
             else:
                 kw[key] = _number(key, value)
-        opts = cls(**kw)
+        opts = cls(**kw, solver_options=MappingProxyType(own))
         opts._check()
         return opts
 

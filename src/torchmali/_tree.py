@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -125,27 +126,45 @@ class RHS:
         self.nfe = 0
         self.seed = seed
 
+    @property
+    def eval_dtype(self) -> torch.dtype:
+        """The dtype ``func`` computes in (the user's; the solver's state may be wider)."""
+        return self.structure.dtype
+
     def time(self, t: float) -> torch.Tensor:
         return torch.scalar_tensor(
             self.sign * t, dtype=self.structure.dtype, device=self.structure.device
         )
 
-    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+        """``dy/dt`` at solver time ``t`` (flat).
+
+        ``perturb`` (torchdiffeq's ``Perturb``): ``+1`` evaluates ``func`` one ulp after ``t``,
+        ``-1`` one ulp before it, in the solver's (increasing) time and in the state's real
+        dtype — the time ``func`` receives. Solvers pass it for stages at the start / end of a
+        step (see ``Solver.hints``), so a ``func`` discontinuous at a grid point is evaluated on
+        the side of the step; ``func`` itself never receives a ``perturb`` keyword.
+        """
         if self.probe is not None:
             probe, self.probe = self.probe, None
-            return probe(lambda y_in: self(t, y_in), y)
+            return probe(lambda y_in: self(t, y_in, perturb), y)
         self.nfe += 1
         st = self.structure
         work = self.working_dtype
         if work is not None:
             y = y.to(st.dtype)
+        time = self.time(t)
+        if perturb:  # the neighbouring representable time, in the state's real dtype
+            real = time.real if time.is_complex() else time
+            towards = torch.full_like(real, math.inf if perturb * self.sign > 0 else -math.inf)
+            time = torch.nextafter(real, towards).to(time.dtype)
         if self.seed is None:
-            out = self.func(self.time(t), st.unflatten(y))
+            out = self.func(time, st.unflatten(y))
         else:
             devices = [st.device] if st.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices, device_type=st.device.type):
                 torch.manual_seed(self.seed)
-                out = self.func(self.time(t), st.unflatten(y))
+                out = self.func(time, st.unflatten(y))
         out = self._check(out)
         flat = st.flatten(out)
         if work is not None:

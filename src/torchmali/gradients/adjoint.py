@@ -209,13 +209,13 @@ class _AugmentedRHS(RHS):
         super().__init__(f.func, Structure(False, (torch.Size([n]),), st.dtype, st.device), -f.sign)
         self.f, self.params, self.shape, self.n_z = f, params, shape, n_z
 
-    def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         self.nfe += 1
         n_z, dtype = self.n_z, y.dtype
         with torch.enable_grad():
             z = y[:n_z].detach().view(self.shape).requires_grad_(True)
             a = y[n_z : 2 * n_z].view(self.shape)
-            fz = self.f(-t, z)
+            fz = self.f(-t, z, perturb=-perturb)  # a hint in r = -s is the opposite one in s
             inputs = (z, *self.params)
             if fz.requires_grad:
                 vjps = engine_grad((fz,), inputs, (a,))  # retains a graph shared with params

@@ -36,7 +36,9 @@ class GradientMethod:
     def accepts(self, solver: Solver | type[Solver], problem_is_fixed: bool = True) -> bool:
         """Whether :meth:`check` lets this method differentiate solves of ``solver`` (a class,
         built with its defaults, or an instance): the one test behind every list of valid
-        (solver, gradient) pairs."""
+        (solver, gradient) pairs. A forward-only solver (``scipy_solver``) has no gradient."""
+        if getattr(solver, "forward_only", False):
+            return False
         try:
             self.check(solver() if isinstance(solver, type) else solver, problem_is_fixed)
         except ValueError:

@@ -13,6 +13,12 @@ float64 Python times:
 The state may be ``None``, a tensor, or a tuple of tensors (multistep methods carry a history of
 derivatives); every gradient method stores, replays and differentiates all three.
 
+``f`` is called as ``f(t, y)`` or, for a stage exactly at the start or the end of a step, as
+``f(t, y, perturb=p)`` with ``p = NEXT`` (+1) or ``PREV`` (-1): the wrapped right-hand side then
+nudges the time by one ulp towards the inside of the step, so that a ``func`` discontinuous at a
+grid point is evaluated on the correct side (torchdiffeq's ``Perturb``). ``Solver.hints`` says
+which hints a step passes.
+
 A reversible solver (:class:`ReversibleSolver`) adds its algebraic inverse, a fused backward
 step (reconstruct the previous point and pull the cotangents back with one evaluation and one
 vector–Jacobian product) and what a safety net needs to know about its round-off.
@@ -23,15 +29,24 @@ Every gradient method drives solvers through this contract only, so a step is a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .._vjp import add_into
 
-Func = Callable[[float, torch.Tensor], torch.Tensor]
+Func = Callable[..., torch.Tensor]
+"""``f(t, y)`` or ``f(t, y, perturb=p)``: the right-hand side seen by a solver."""
+
+#: ``perturb=`` hints (torchdiffeq's ``Perturb.PREV`` / ``Perturb.NEXT``).
+PREV, NEXT = -1, 1
+
+
+def evaluate(f: Func, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
+    """``f(t, y)``, passing ``perturb=`` only when it is not 0 (plain functions work as ``f``)."""
+    return f(t, y) if perturb == 0 else f(t, y, perturb=perturb)
 
 
 @dataclass
@@ -64,6 +79,15 @@ class Solver:
         dense_output: whether ``interpolate`` is available; without it the integration loop shortens
             steps so that the grid lands on every output time.
         reversible: whether ``inverse`` is available (see :class:`ReversibleSolver`).
+        forward_only: the solve runs outside autograd (``scipy_solver``): no gradient method
+            applies.
+        uses_tolerance: the constructor takes the solve's :class:`~torchmali.step_size.Tolerance`
+            as ``tol=`` (e.g. the Adams corrector's convergence test).
+        solver_options: the solver-specific ``options=`` keys, name ->
+            :class:`~torchmali.solvers.config.SolverOption`; passed to the constructor.
+
+    Instance attribute:
+        perturb: ``options["perturb"]``: pass ``perturb=`` hints on fixed grids too.
     """
 
     name: str = ""
@@ -72,6 +96,21 @@ class Solver:
     error_order: int = 0
     dense_output: bool = False
     reversible: bool = False
+    forward_only: bool = False
+    uses_tolerance: bool = False
+    solver_options: ClassVar[Mapping[str, Any]] = {}
+    perturb: bool = False
+
+    def hints(self, with_error: bool) -> tuple[int, int]:
+        """The ``perturb=`` hints ``(at t0, at t0 + h)`` of a step, as torchdiffeq passes them.
+
+        An adaptive solve (``with_error``) evaluates stages at ``t0 + h`` just before it (the
+        first stage is the previous step's last one); a fixed grid passes hints only with
+        ``options={"perturb": True}``: ``NEXT`` at ``t0``, ``PREV`` at ``t0 + h``.
+        """
+        if with_error:
+            return 0, PREV
+        return (NEXT, PREV) if self.perturb else (0, 0)
 
     def init(self, f: Func, t0: float, y0: torch.Tensor) -> Any:
         """Return the auxiliary state at the initial point (``None`` by default)."""
