@@ -192,14 +192,14 @@ class ReversibleHeunSweep(ReverseSweep):
         del u, yh1_in  # free this evaluation's graph before the next one is built
         add_into(self.param_grads, p_bar)
         self.cot_y = cot_y0
-        yh0 = _reconstruct_yhat(y1, yh1, f1, h)
+        yh0 = _reconstruct_yhat(y1, yh1, f1, h).detach()
         with torch.enable_grad():
-            yh0_in = yh0.requires_grad_(True)
+            yh0_in = yh0.detach().requires_grad_(True)
             u0 = self.f(t0, yh0_in)
         self.graph = (yh0_in, u0)
         f0 = u0.detach()
         self.y = torch.add(y1, torch.add(f0, f1), alpha=-0.5 * h)
-        self.state = (yh0.detach(), f0)
+        self.state = (yh0, f0)
 
     def restart(self, y: torch.Tensor, state: State, cotangents=None) -> None:
         super().restart(y, state, cotangents)
