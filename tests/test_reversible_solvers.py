@@ -286,3 +286,16 @@ def test_adaptive_wrapper_controls_its_parasitic_mode():
     err = float((runs["reversible_rk"].ys[-1] - exact).norm() / exact.norm())
     assert err <= 2e-5
     assert runs["reversible_rk"].stats.n_accepted > 10 * runs["dopri5"].stats.n_accepted
+
+
+@pytest.mark.parametrize(
+    "method, per_step, init",
+    [("reversible_heun", 1, 1), ("reversible_rk", 12, 0), (VARIANTS[0].name, 8, 0)],
+)
+def test_fixed_grid_evaluation_counts(method, per_step, init, variants):
+    """Reversible Heun: f(t0, y0) then one per step; the wrapper: two base steps (dopri5 skips
+    its first-same-as-last stage on a fixed grid: 2 x 6; rk4: 2 x 4), nothing up front."""
+    lin = make_linear(F64)
+    sol = torchmali.solve(lin.f, lin.y0, [0.0, 1.0], method=method, options={"step_size": 0.1})
+    assert sol.stats.n_accepted == 10
+    assert sol.stats.nfe_forward == init + per_step * 10
