@@ -35,8 +35,10 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--method", default="alf", help="a reversible solver (eta only for alf)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    p.add_argument("--gradients", default="mali", help="comma-separated, timed beside direct")
+    p.add_argument("--gradients", default="mali",
+                   help="comma-separated, timed beside direct ('forward': a no-grad solve)")  # fmt: skip
     a = p.parse_args()
     torch.set_num_threads(1)
     versions = {"new": importlib.import_module("torchmali")}
@@ -49,14 +51,18 @@ def main() -> None:
     )
     y0 = torch.randn(a.batch, 64, requires_grad=True)
     t = torch.tensor([0.0, 1.0])
-    opts = {"step_size": 1.0 / a.steps, "eta": a.eta}
+    opts = {"step_size": 1.0 / a.steps, **({"eta": a.eta} if a.method == "alf" else {})}
 
     clock = time.perf_counter if a.clock == "wall" else time.process_time
 
     def call(tm, gradient: str) -> float:
         start = clock()
-        ys = tm.odeint(lambda t, y: net(y), y0, t, method="alf", options=opts, gradient=gradient,
-                       params=list(net.parameters()))  # fmt: skip
+        if gradient == "forward":  # a no-grad forward solve: floor = direct + forward
+            with torch.no_grad():
+                tm.odeint(lambda t, y: net(y), y0, t, method=a.method, options=opts)
+            return clock() - start
+        ys = tm.odeint(lambda t, y: net(y), y0, t, method=a.method, options=opts,
+                       gradient=gradient, params=list(net.parameters()))  # fmt: skip
         ys[-1].sum().backward()
         return clock() - start
 

@@ -173,7 +173,8 @@ def test_interpolation_order(method, linear):
         assert torch.allclose(end, result.y1, rtol=0, atol=1e-14)  # the quartic's round-off
 
 
-@pytest.mark.parametrize("method", [m for m in ALL_SOLVERS if m != "alf"])
+# the reversible solvers' counts are tested in test_reversible_solvers.py / test_odeint.py
+@pytest.mark.parametrize("method", [m for m in ALL_SOLVERS if not torchmali.SOLVERS[m].reversible])
 def test_evaluations_per_step(method, linear):
     """Fixed grid, 16 steps: evaluations from each method's definition."""
     cls = torchmali.SOLVERS[method]

@@ -204,12 +204,12 @@ def _make_solver(method: str, opts: Options, tol: Tolerance):
                 f"option(s) {given} only apply to adaptive solves and have no effect with "
                 "options['step_size']: remove them, or remove step_size"
             )
+    if cls.reversible and opts.perturb:
+        raise ValueError(
+            f"options['perturb'] is not supported with the reversible method={method!r} (its "
+            "algebraic inverse re-evaluates func at the forward pass's exact times): remove it"
+        )
     if cls is ALF:
-        if opts.perturb:
-            raise ValueError(
-                "options['perturb'] has no effect with method='alf' (ALF evaluates func at step "
-                "midpoints only): remove it"
-            )
         return ALF(eta=opts.eta)
     kwargs = dict(opts.solver_options)
     if cls.uses_tolerance:

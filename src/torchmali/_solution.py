@@ -23,15 +23,27 @@ class SolveStats:
         memory_bytes: bytes kept for the backward pass: saved activations for ``direct`` (counted
             with ``torch.autograd.graph.saved_tensors_hooks``), stored states and checkpoints for
             the other methods, plus the step record.
-        drift: ``mali`` only: relative error of the reconstructed ``(z0, v0)`` against the stored
-            ones, measured at the end of the backward pass.
-        parasitic: ``mali`` only: ``|v_N − f̂| / |f̂|`` at the end of the solve, where ``f̂`` is
-            ``f(t_N, z_N)`` extrapolated from the last two evaluations: the size of ALF's
+        drift: ``mali`` only: the largest relative error, over the segments between stored
+            points whose reconstruction the gradient used, of the reconstructed point (``y`` and
+            the solver state) against the stored one. Segments recomputed exactly (see
+            ``fallback_segments``) do not count: their reconstruction was discarded.
+        parasitic: ``mali`` only: the reversible solver's consistency check at the end of the
+            solve, or ``None`` for a scheme without one. ALF: ``|v_N − f̂| / |f̂|``, where ``f̂``
+            is ``f(t_N, z_N)`` extrapolated from the last two evaluations — the size of ALF's
             parasitic (sign-alternating) mode relative to the derivative, about ``h²`` on healthy
-            solves, above 1 when ALF blows up on dissipative dynamics.
-        recomputed_steps: ``binomial`` only: steps recomputed without graph in the backward pass.
+            solves, above 1 when ALF blows up on dissipative dynamics. Two-track schemes
+            (reversible Heun, ``reversible_rk``): ``|y_N − ŷ_N| / |y_N|``, the gap between the
+            tracks.
+        recomputed_steps: steps recomputed without graph in the backward pass: ``binomial``'s
+            schedule, or ``mali``'s exact recomputation of drifting segments (0 when none).
         optimal_recomputed_steps: ``binomial`` only: the binomial-checkpointing optimum for this
             number of steps and checkpoints.
+        checkpoint_interval: ``mali`` only: the interval ``K`` of the points stored in the
+            forward pass (from ``checkpoint_every``, the drift bound and ``memory_budget``), or
+            ``None`` when none was stored.
+        fallback_segments: ``mali`` only: segments whose drift exceeded ``drift_tol`` and whose
+            gradient was therefore recomputed exactly from the stored points (0 on healthy
+            solves).
     """
 
     method: str
@@ -45,6 +57,8 @@ class SolveStats:
     parasitic: float | None = None
     recomputed_steps: int | None = None
     optimal_recomputed_steps: int | None = None
+    checkpoint_interval: int | None = None
+    fallback_segments: int | None = None
 
     def as_dict(self) -> dict:
         """The statistics as a plain dict (JSON-serialisable)."""

@@ -59,11 +59,34 @@ class _BinomialTape(ReplayTape):
     def __init__(self, method: Binomial, problem: Problem, stats: SolveStats) -> None:
         super().__init__(method, problem, stats)
         self.k = method.checkpoints
+        self.budget: int | None = getattr(method, "memory_budget", None)
         # On a fixed grid the step count is known up front: the forward pass places the first
         # sweep's checkpoints itself (on the normalised grid the loop steps on).
-        n = len(problem.fixed_grid()) - 1 if problem.fixed else 0
-        self.wanted = set(_first_sweep(n, self.k)) if problem.fixed else set()
+        self.n = len(problem.fixed_grid()) - 1 if problem.fixed else 0
+        self.wanted = set(_first_sweep(self.n, self.k)) if problem.fixed else set()
         self.stored: dict[int, tuple[torch.Tensor, Any]] = {}
+
+    def init(self, y0: torch.Tensor) -> Any:
+        state0 = super().init(y0)
+        if self.budget is not None:
+            point = [y0, *_state.leaves(state0)]
+            self.point_bytes = max(tensor_bytes(point), sum(t.nbytes for t in point))
+            if self.problem.fixed:
+                self.k = self._budget_slots(self.n)
+                self.wanted = set(_first_sweep(self.n, self.k))
+        return state0
+
+    def _budget_slots(self, n: int) -> int:
+        """K from ``memory_budget``: the states that fit beside the ``n + 1`` step times."""
+        k = (self.budget - 8 * (n + 1)) // self.point_bytes
+        if k < 1:
+            need = self.point_bytes + 8 * (n + 1)
+            raise ValueError(
+                f"Binomial(memory_budget={self.budget}) cannot hold one state of this solve "
+                f"({self.point_bytes} bytes) beside its {n + 1} step times: raise memory_budget "
+                f"to at least {need}, or use Binomial(checkpoints=K)"
+            )
+        return min(k, max(n, 1))
 
     def on_step(self, i: int, y: torch.Tensor, state: Any) -> None:
         if i == 0 or i in self.wanted:
@@ -71,8 +94,12 @@ class _BinomialTape(ReplayTape):
 
     def finish(self, ys, y_n, state_n, record: StepRecord) -> int:
         self.record = record
+        if self.budget is not None and not self.problem.fixed:
+            self.k = self._budget_slots(record.n_steps)  # the two-sweep scheme plans now
         y0, s0 = self.stored.get(0, (y_n, state_n))
         state_bytes = tensor_bytes([y0, *_state.leaves(s0)])
+        if self.budget is not None:
+            state_bytes = self.point_bytes
         self.stats.optimal_recomputed_steps = optimal_recomputations(record.n_steps, self.k)
         # at most K states at once, and never more than one per step (the final one is not kept)
         return min(self.k, max(record.n_steps, 1)) * state_bytes + 8 * len(record.ts)
@@ -135,20 +162,38 @@ class Binomial(ReplayMethod):
 
     Args:
         checkpoints: K >= 1, the maximum number of stored states (default 8).
+        memory_budget: bytes the stored states and the step times may take
+            (``SolveStats.memory_bytes``); when given, K is the number of states that fit
+            (computed at the forward pass from the state's size and the number of steps) and
+            ``checkpoints`` is not used. A budget below one state is a ``ValueError`` naming the
+            minimum.
 
     Raises:
-        TypeError, ValueError: ``checkpoints`` is not an integer >= 1.
+        TypeError, ValueError: ``checkpoints`` is not an integer >= 1, ``memory_budget`` is not
+            a positive integer, or both are given.
     """
 
     name = "binomial"
     aliases = ("revolve",)
     checkpoints: int = 8
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         k = _validate.integer(
             "Binomial", "checkpoints", self.checkpoints, "Binomial(checkpoints=8)"
         )
         object.__setattr__(self, "checkpoints", k)
+        if self.memory_budget is not None:
+            budget = _validate.integer(
+                "Binomial", "memory_budget", self.memory_budget,
+                "Binomial(memory_budget=2**20) (bytes)",
+            )  # fmt: skip
+            object.__setattr__(self, "memory_budget", budget)
+            if k != type(self).checkpoints:
+                raise ValueError(
+                    f"Binomial(checkpoints={k}, memory_budget={budget}): pass one of them — "
+                    "memory_budget sets the number of checkpoints"
+                )
 
     def tape(self, problem: Problem, stats: SolveStats) -> _BinomialTape:
         return _BinomialTape(self, problem, stats)

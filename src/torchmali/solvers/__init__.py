@@ -1,6 +1,7 @@
 """Solvers and their registry (``method=`` name -> class).
 
-The names are torchdiffeq's (release 0.2.5 and master), plus ``heun`` (= ``heun2``) and ``alf``.
+The names are torchdiffeq's (release 0.2.5 and master), plus ``heun`` (= ``heun2``) and the reversible solvers ``alf``,
+``reversible_heun`` and ``reversible_rk``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .explicit import (
     Tsit5,
 )
 from .implicit import IMPLICIT, ImplicitRungeKutta, ImplicitTableau
+from .reversible_heun import ReversibleHeun
+from .reversible_rk import ReversibleRK
 from .scipy_solver import ScipySolver
 from .tableau import ButcherTableau, RungeKutta
 
@@ -43,6 +46,8 @@ _CLASSES: tuple[type[Solver], ...] = (
     *IMPLICIT,
     ScipySolver,
     ALF,
+    ReversibleHeun,
+    ReversibleRK,
 )
 #: Other names torchdiffeq gives the same methods.
 ALIASES: dict[str, type[Solver]] = {"heun2": Heun, "fixed_adams": AdamsBashforthMoulton}
@@ -71,6 +76,8 @@ __all__ = [
     "ImplicitRungeKutta",
     "ImplicitTableau",
     "Midpoint",
+    "ReversibleHeun",
+    "ReversibleRK",
     "ReversibleSolver",
     "RungeKutta",
     "ScipySolver",
