@@ -16,7 +16,7 @@ import torch
 
 import torchmali
 from torchmali.cli import build_parser, main
-from torchmali.experiments.bench import build_plan
+from torchmali.experiments.bench import build_plan, plan
 from torchmali.experiments.bench.measure import measure
 from torchmali.experiments.bench.plan import (
     Case,
@@ -478,3 +478,50 @@ def test_forward_sweep_is_timed_with_reversible_methods():
     timed = time_group(group)
     assert all(t["forward_time_s"] > 0 and t["forward_time_s_repeats"] for t in timed)
     assert "forward_time_s" not in time_group(group[:1])[0]
+
+
+def test_quick_suite_evaluates_every_target():
+    """Every kind of target is judged from the --quick suite's own runs (synthetic numbers)."""
+    from torchmali.experiments.bench.report import make_record
+
+    cases, _ = build_plan(_args("--quick"))
+    records = []
+    for case in cases:
+        n = case.n_steps or 5
+        result = dict(
+            status="ok",
+            n_steps=n,
+            peak_memory_bytes=10**6 + (n * 10**4 if case.gradient == "direct" else 0),
+            time_s=1.0,
+            time_s_repeats=[1.0, 1.0],
+            forward_time_s=0.5,
+            forward_time_s_repeats=[0.5, 0.5],
+            grad_rel_error_discrete=1e-7,
+            grad_rel_error_direct=0.0,
+            grad_rel_error_continuous=1e-7,
+            forward_rel_error_continuous=1e-7,
+            warnings=[],
+            peer_method="peer" if case.library != "torchmali" else None,
+        )
+        records.append(make_record(case, result))
+    rows = [t for t, _, _ in targets(records)]
+    kinds = [
+        "mali memory flat",
+        "direct memory grows linearly",
+        "mali time <= 1.05x floor",
+        "mali time <= 0.8x TorchDiffEqPack MALI",
+        "symplectic time <= 1.8x direct",
+        "symplectic peak memory <= checkpoint's",
+        "vs float32 direct, same grid <= 1e-06",
+        "vs float64 direct, same grid <= max(2e, e + 2^-23)",
+        "vs float64 direct, same grid <= 1e-10",
+        "decay alf n=30: mali faithful, or its failure reported",
+        "symplectic faithful, or its failure reported",
+        "checkpoint memory <= TorchDiffEqPack ACA",
+    ]
+    if not has_tdep:  # the peer targets need the peer
+        kinds = [k for k in kinds if "TorchDiffEqPack" not in k]
+    missing = [k for k in kinds if not any(k in row for row in rows)]
+    assert not missing, missing
+    for solver in plan.reversible_solvers():  # each reversible solver is judged on its own
+        assert any(f"mlp {solver} n=30: mali time <= 1.05x floor" in row for row in rows)
