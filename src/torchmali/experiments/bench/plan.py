@@ -29,6 +29,7 @@ __all__ = [
     "VARIANTS",
     "Case",
     "Section",
+    "gradient_class",
     "gradient_config",
     "parse_floats",
     "parse_gradients",
@@ -76,7 +77,8 @@ def gradient_config(spec: str) -> GradientMethod:
         raise ValueError(f"gradient {spec!r}: {exc}; {name} has the options {valid}") from None
 
 
-def _base(spec: str) -> type[GradientMethod] | None:
+def gradient_class(spec: str) -> type[GradientMethod] | None:
+    """The registered class of a gradient spec (``name`` or ``name[...]``), ``None`` if unknown."""
     return REGISTRY.get(spec.partition("[")[0].strip().lower())
 
 
@@ -95,17 +97,17 @@ def every_gradient(variants: bool = True) -> tuple[str, ...]:
 
 def exact_gradients(variants: bool = True) -> tuple[str, ...]:
     """The exact methods (``direct`` and every exact memory-efficient one), then their variants."""
-    return tuple(g for g in every_gradient(variants) if _base(g).exact)
+    return tuple(g for g in every_gradient(variants) if gradient_class(g).exact)
 
 
 def reversible_gradients(variants: bool = True) -> tuple[str, ...]:
     """``direct`` and the methods that need a reversible solver (``mali``)."""
-    return ("direct", *(g for g in every_gradient(variants) if _base(g).needs_reversible))
+    return ("direct", *(g for g in every_gradient(variants) if gradient_class(g).needs_reversible))
 
 
 def non_reversible_gradients(variants: bool = True) -> tuple[str, ...]:
     """Every method that works without a reversible solver."""
-    return tuple(g for g in every_gradient(variants) if not _base(g).needs_reversible)
+    return tuple(g for g in every_gradient(variants) if not gradient_class(g).needs_reversible)
 
 
 def _no_variants(select: Callable[[bool], tuple[str, ...]]) -> Callable[[], tuple[str, ...]]:
@@ -125,7 +127,7 @@ def parse_gradients(text: str) -> tuple[str, ...]:
         raise ValueError(f"empty list of gradients; valid gradients: {valid}")
     out = []
     for spec in specs:
-        cls = _base(spec)
+        cls = gradient_class(spec)
         if cls is None:
             raise ValueError(f"unknown gradients {spec}; valid gradients: {valid}")
         gradient_config(spec)  # raises on bad options
@@ -358,7 +360,9 @@ SUITES: dict[str, tuple[Section, ...]] = {
             "float64", ("mlp",), reversible_solvers, (10,),
             gradients=_no_variants(reversible_gradients), **_F64,
         ),
-        Section("float64", ("mlp",), (_RK,), (10,), gradients=_no_variants(exact_gradients), **_F64),
+        Section(
+            "float64", ("mlp",), (_RK,), (10,), gradients=_no_variants(exact_gradients), **_F64
+        ),
     ),
 }  # fmt: skip
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .plan import _base
+from .plan import gradient_class
 from .report import _fmt, _ok, _steps, floor_ratio, reported, time_ratio
 from .workloads import WORKLOADS
 
@@ -98,7 +98,7 @@ def _dissipative_workload(name: str) -> bool:
 
 
 def _attr(gradient: str, key: str) -> bool:
-    cls = _base(gradient)
+    cls = gradient_class(gradient)
     return bool(cls is not None and getattr(cls, key))
 
 

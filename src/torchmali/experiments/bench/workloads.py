@@ -109,8 +109,8 @@ class AffineField(nn.Module):
 
     def flow(self, z0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The exact solution at the times ``t`` (from ``t[0]``), differentiable with respect to
-        the parameters and ``z0``: ``[z(t); 1] = exp(M (t - t0)) [z0; 1]``, ``M = [[A, b], [0, 0]]``.
-        """
+        the parameters and ``z0``: ``[z(t); 1] = exp(M (t - t0)) [z0; 1]`` with
+        ``M = [[A, b], [0, 0]]``."""
         a, b = self.linear.weight, self.linear.bias
         dim = a.shape[0]
         m = torch.cat([torch.cat([a, b[:, None]], 1), a.new_zeros(1, dim + 1)], 0)
