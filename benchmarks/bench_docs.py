@@ -6,8 +6,8 @@ Usage::
     python benchmarks/bench_docs.py results/bench-docs > /tmp/tables.md
 
 copies the run's PNGs to ``docs/figures/`` and prints the machine line, the targets, the
-torchmali / peer ratios and the per-workload tables (largest step count and adaptive runs) in
-markdown, to paste into ``docs/benchmarks.md``.
+torchmali / peer ratios, the dissipative workloads' table and the per-workload tables (largest step
+count and adaptive runs) in markdown, to paste into ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import shutil
 from pathlib import Path
 
 from torchmali.experiments.bench.plots import PLOT_FILES
-from torchmali.experiments.bench.report import ratios, summary_tables, targets, targets_table
+from torchmali.experiments.bench.report import dissipative_tables, ratios, summary_tables
+from torchmali.experiments.bench.targets import targets, targets_table
+from torchmali.experiments.bench.workloads import WORKLOADS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,8 @@ def main() -> None:
     )
     print("## Targets\n\n" + targets_table(targets(records)) + "\n")
     print("## torchmali / peer ratios\n\n" + ratios(records) + "\n")
+    dissipative = [name for name, w in WORKLOADS.items() if w.dissipative]
+    print("## Dissipative workloads\n\n" + dissipative_tables(records, dissipative) + "\n")
     print("## Results\n\n" + summary_tables(records, largest_only=True))
 
 

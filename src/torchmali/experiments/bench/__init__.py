@@ -1,16 +1,20 @@
-"""``torchmali bench``: memory, time, evaluations and gradient error of every gradient method.
+"""``torchmali bench``: memory, time, evaluations, VJPs and gradient error of every gradient method.
 
-For each workload (an MLP and a convolutional Neural ODE; loss on the final state or on several
-output times), each gradient method (``direct``, ``adjoint``, ``checkpoint``, ``binomial``, ``mali``)
-and each installed peer (torchdiffeq, TorchDiffEqPack), over a sweep of fixed-grid step counts and
-adaptive tolerances, one configuration per fresh process (see
-:mod:`torchmali.experiments.bench.measure`), it writes ``results.json``, ``results.csv``, plots,
-``summary.md`` and ``meta.json`` to ``--out``, and prints the summary.
+For each workload (an MLP and a convolutional Neural ODE, loss on the final state or on several
+output times; a dissipative affine ODE over a long horizon), each gradient method of torchmali's
+registry (``torchmali.gradients.names()``: ``direct``, ``adjoint``, ``checkpoint``, ``binomial``,
+``mali``, ``symplectic``, ... and every method registered later) with every solver it accepts
+(the reversible solvers of ``torchmali.SOLVERS`` for ``mali``), and each installed peer
+(torchdiffeq, TorchDiffEqPack), over a sweep of fixed-grid step counts and adaptive tolerances, one
+configuration per fresh process (see :mod:`torchmali.experiments.bench.measure`), it writes
+``results.json``, ``results.csv``, plots, ``summary.md`` and ``meta.json`` to ``--out``, and prints
+the summary.
 
 Example::
 
     torchmali bench --quick
     torchmali bench --workloads mlp --steps 10,100 --gradients direct,mali --libraries torchmali
+    torchmali bench --workloads decay --gradients direct,symplectic,symplectic[checkpoints=4]
 """
 
 from __future__ import annotations
@@ -29,17 +33,21 @@ from pathlib import Path
 from typing import Any
 
 from .._files import output_dir
-from .plan import DTYPES, GRADIENTS, LIBRARIES, SUITES, Case, parse_floats, parse_ints, parse_names
-from .plots import PLOT_FILES, plot
-from .report import (
-    make_record,
-    ratios,
-    summary_tables,
-    targets,
-    targets_table,
-    write_results,
+from .plan import (
+    DTYPES,
+    LIBRARIES,
+    SUITES,
+    Case,
+    every_gradient,
+    parse_floats,
+    parse_gradients,
+    parse_ints,
+    parse_names,
 )
+from .plots import PLOT_FILES, plot
+from .report import dissipative_tables, make_record, ratios, summary_tables, write_results
 from .runners import support
+from .targets import targets, targets_table
 from .workloads import WORKLOADS
 
 __all__ = ["add_parser", "build_plan", "run"]
@@ -54,7 +62,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="a smaller sweep (under a minute on CPU)")
+    p.add_argument(
+        "--quick", action="store_true", help="a smaller sweep (about two minutes on CPU)"
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
         "--out",
@@ -63,7 +73,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="output directory (default: results/bench-<timestamp>)",
     )
     p.add_argument("--workloads", help=f"comma-separated, of: {', '.join(WORKLOADS)}")
-    p.add_argument("--gradients", help=f"comma-separated, of: {', '.join(GRADIENTS)}")
+    p.add_argument(
+        "--gradients",
+        help=f"comma-separated, of: {', '.join(every_gradient())} (or name[option=value])",
+    )
     p.add_argument("--libraries", help=f"comma-separated, of: {', '.join(LIBRARIES)}")
     p.add_argument("--steps", help="fixed-grid step counts, e.g. 10,100,1000")
     p.add_argument("--rtols", help="adaptive tolerances (rtol = atol) for every adaptive solver")
@@ -93,21 +106,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _available_gradients() -> frozenset[str]:
-    try:
-        from torchmali.gradients import resolve
-    except ImportError:
-        return frozenset()
-    known = set()
-    for name in GRADIENTS:
-        try:
-            resolve(name)
-            known.add(name)
-        except (ValueError, TypeError):
-            pass
-    return frozenset(known)
-
-
 def build_plan(args: argparse.Namespace) -> tuple[list[Case], list[tuple[Case, str]]]:
     """Expand the suite selected by ``args`` into the cases to run and the ones to skip.
 
@@ -134,13 +132,12 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Case], list[tuple[Case, s
         raise ValueError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
     pick = {  # Case field -> the values kept (None keeps all)
         "workload": args.workloads and parse_names(args.workloads, tuple(WORKLOADS), "workloads"),
-        "gradient": args.gradients and parse_names(args.gradients, GRADIENTS, "gradients"),
+        "gradient": args.gradients and parse_gradients(args.gradients),
         "library": args.libraries and parse_names(args.libraries, LIBRARIES, "libraries"),
         "dtype": args.dtypes and parse_names(args.dtypes, DTYPES, "dtypes"),
     }
     steps = args.steps and parse_ints(args.steps, "--steps")
     rtols = args.rtols and parse_floats(args.rtols, "--rtols")
-    known = _available_gradients()
     to_run, skipped, seen = [], [], set()
     for section in SUITES["quick" if args.quick else "default"]:
         if section.steps and steps:
@@ -153,7 +150,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[Case], list[tuple[Case, s
             if case in seen or any(v and getattr(case, k) not in v for k, v in pick.items()):
                 continue
             seen.add(case)
-            included, note = support(case, known)
+            included, note = support(case)
             if not included:
                 continue
             if note is None:
@@ -205,6 +202,10 @@ def _meta(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "versions": versions,
         "git_commit": commit or None,
     }
+
+
+def _dissipative() -> list[str]:
+    return [name for name, w in WORKLOADS.items() if w.dissipative]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -261,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
             f"{meta['torch_threads']} threads), {meta['date']}, {meta['duration_s']} s.",
             "## Targets\n\n" + targets_table(checks),
             "## torchmali / peer ratios (same run)\n\n" + ratios(records),
+            "## Dissipative workloads\n\n"
+            + (dissipative_tables(records, _dissipative()) or "none run"),
             "## All configurations\n\n" + summary_tables(records),
             "## Skipped\n\n" + ("\n".join(f"- {n}" for n in notes) or "none"),
         ]
@@ -268,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
     (out / "summary.md").write_text(summary + "\n")
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(summary_tables(records, largest_only=True))
+    dissipative = dissipative_tables(records, _dissipative())
+    if dissipative:
+        print("\n" + dissipative)
     print("\n" + targets_table(checks))
     if notes:
         print("\nskipped: " + "; ".join(notes))

@@ -6,9 +6,11 @@ In the worker, in this order (the timing is done separately, see
 1. warm-up: a short solve on the full batch (lazy initialisation, kernels for these shapes), then
    the full grid on one sample (per-step Python objects and interpreter caches grow to their size
    for this grid);
-2. one forward + backward call on the full batch for the peak memory, the evaluation counts (a
-   counting wrapper around the vector field, the same for every library) and the gradient;
-3. the gradient errors against the reference gradients (cached in ``refs/``).
+2. one forward + backward call on the full batch for the peak memory, the evaluation and
+   vector–Jacobian-product counts (a counting wrapper around the vector field, the same for every
+   library), the warnings raised during the call, and the gradient;
+3. the gradient errors against the reference gradients (cached in ``refs/``), and the forward
+   solution's error against the exact ODE solution.
 
 Memory is measured the same way for every library, independently of torchmali's bookkeeping:
 
@@ -33,6 +35,7 @@ import gc
 import importlib.util
 import resource
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +44,8 @@ import torch
 from torch import nn
 
 from .plan import Case
-from .runners import RUNNERS
-from .workloads import T0, T1, WORKLOADS, Problem, build_problem, gradient_vector
+from .runners import runner
+from .workloads import WORKLOADS, Problem, build_problem, gradient_vector
 
 __all__ = ["CountingField", "measure", "short_case", "tune_allocator"]
 
@@ -56,16 +59,31 @@ MEMORY_MMAP_THRESHOLD = 16 * 1024
 
 
 class CountingField(nn.Module):
-    """Wraps a vector field and counts its evaluations (forward calls, with or without graph)."""
+    """Wraps a vector field and counts its evaluations and the vector–Jacobian products through
+    them, the same way for every library.
+
+    ``calls`` counts every evaluation (with or without graph). ``vjps`` counts the backward passes
+    through an evaluation's output: a hook on every output that requires grad fires once each time
+    autograd computes a gradient with respect to it (``backward()``, ``torch.autograd.grad`` or the
+    engine called directly, the output being the root or inside the graph), so a VJP through one
+    evaluation counts once however many parameters it reaches.
+    """
 
     def __init__(self, func: nn.Module) -> None:
         super().__init__()
         self.func = func
         self.calls = 0
+        self.vjps = 0
 
     def forward(self, t: Any, y: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.func(t, y)
+        out = self.func(t, y)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(self._count_vjp)
+        return out
+
+    def _count_vjp(self, grad: torch.Tensor) -> None:
+        self.vjps += 1
 
 
 def _status_bytes(key: str) -> int | None:
@@ -140,24 +158,42 @@ def _rel_error(g: torch.Tensor, ref: torch.Tensor | None) -> float | None:
 
 def _direct(
     case: Case, dtype: torch.dtype, method: str, grid: torch.Tensor | None, **kwargs: Any
-) -> torch.Tensor:
-    """The gradient of the case's loss by torchmali's direct backprop in ``dtype``.
+) -> dict[str, torch.Tensor]:
+    """The gradient of the case's loss by torchmali's direct backprop in ``dtype``, and the states
+    the loss reads (float64).
 
     ``grid`` replays an accepted grid exactly (a fixed-step solve whose output times are the grid);
     otherwise ``kwargs`` (``rtol``/``atol`` or ``options``) configure the solve.
     """
     import torchmali
 
-    problem = build_problem(WORKLOADS[case.workload], dtype, case.device, case.seed)
+    workload = WORKLOADS[case.workload]
+    problem = build_problem(workload, dtype, case.device, case.seed)
     t = problem.t
     if grid is not None:
         t = grid.to(device=case.device)
-        kwargs = {"options": {"step_size": T1 - T0}}
+        kwargs = {"options": {"step_size": workload.t1 - float(problem.t[0])}}
     ys = torchmali.odeint(problem.func, problem.y0, t, method=method, gradient="direct", **kwargs)
     if grid is not None:  # keep the states at the workload's output times
         ys = ys[_grid_indices(grid, problem.t)]
+    return _loss_and_grad(problem, ys)
+
+
+def _loss_and_grad(problem: Problem, ys: torch.Tensor) -> dict[str, torch.Tensor]:
     problem.loss(ys).backward()
-    return gradient_vector(problem)
+    outputs = problem.outputs(ys).detach().to(device="cpu", dtype=torch.float64)
+    return {"grad": gradient_vector(problem), "ys": outputs}
+
+
+def _continuous(case: Case) -> dict[str, torch.Tensor]:
+    """The exact ODE's gradient and states: in closed form where the field has one (``flow``),
+    otherwise a float64 dopri5 solve at rtol 1e-10, atol 1e-12."""
+    workload = WORKLOADS[case.workload]
+    problem = build_problem(workload, torch.float64, case.device, case.seed)
+    flow = getattr(problem.func, "flow", None)
+    if flow is not None:
+        return _loss_and_grad(problem, flow(problem.y0, problem.t))
+    return _direct(case, torch.float64, "dopri5", None, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL)
 
 
 def _grid_indices(grid: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -168,7 +204,7 @@ def _grid_indices(grid: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def _cached(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+def _cached(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     if path.exists():
         return torch.load(path)
     value = compute()
@@ -179,30 +215,27 @@ def _cached(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
 
 def _references(
     case: Case, grid: torch.Tensor | None, refs: Path
-) -> tuple[dict[str, torch.Tensor | None], str | None]:
-    """The reference gradients, ``None`` where unavailable (with a note):
+) -> tuple[dict[str, dict[str, torch.Tensor] | None], str | None]:
+    """The reference gradients and states (``{"grad", "ys"}``), ``None`` where unavailable (with a
+    note):
 
     * ``discrete``: torchmali's direct backprop in float64 on the same grid;
     * ``direct``: the same in the case's dtype (what the gradient method should reproduce up to
       its own round-off; for float32 the ``discrete`` error also contains float32's);
-    * ``continuous``: float64 dopri5 at rtol 1e-10 (the gradient of the exact ODE solution).
+    * ``continuous``: the exact ODE solution and its gradient (closed form, or float64 dopri5 at
+      rtol 1e-10).
     """
     if importlib.util.find_spec("torchmali") is None:
         return {}, "torchmali is not importable: no reference gradients"
     tag = f"{case.workload}-seed{case.seed}"
-    out: dict[str, torch.Tensor | None] = {
-        "continuous": _cached(
-            refs / f"continuous-{tag}.pt",
-            lambda: _direct(
-                case, torch.float64, "dopri5", None, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL
-            ),
-        )
+    out: dict[str, dict[str, torch.Tensor] | None] = {
+        "continuous": _cached(refs / f"continuous-{tag}.pt", lambda: _continuous(case))
     }
     note = None
     dtypes = {"discrete": torch.float64, "direct": getattr(torch, case.dtype)}
     for key, dtype in dtypes.items():
         if case.n_steps is not None:
-            h = (T1 - T0) / case.n_steps
+            h = WORKLOADS[case.workload].step_size(case.n_steps)
             name = f"discrete-{tag}-{case.method}-n{case.n_steps}-{str(dtype)[6:]}.pt"
             out[key] = _cached(
                 refs / name,
@@ -247,48 +280,62 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
 
     Returns:
         The record without the timing: the case's fields, then ``peak_memory_bytes``,
-        ``nfe_forward``, ``nfe_backward``, the gradient errors, torchmali's own statistics.
+        ``nfe_forward``, ``nfe_backward``, ``vjp_backward``, the gradient errors, the forward
+        error against the exact ODE, the warnings of the measured call and torchmali's own
+        statistics.
     """
     if isolated:
         tune_allocator(MEMORY_MMAP_THRESHOLD)
         if case.threads:
             torch.set_num_threads(case.threads)
-    runner = RUNNERS[(case.library, case.gradient)]
+    run = runner(case.library, case.gradient)
+    if run is None:
+        raise ValueError(f"{case.library} has no gradient method {case.gradient!r}")
     device = torch.device(case.device)
     problem = build_problem(WORKLOADS[case.workload], getattr(torch, case.dtype), device, case.seed)
     counter = CountingField(problem.func)
     counted = Problem(counter, problem.y0, problem.t, problem.weights)
-    forward = runner.prepare(counted, case)
+    forward = run.prepare(counted, case)
     meter = _PeakCUDA(device) if device.type == "cuda" else _PeakRSS()
 
-    def call(prob: Problem, fwd: Callable) -> tuple[int, int, dict[str, Any]]:
+    def call(prob: Problem, fwd: Callable) -> tuple[int, int, int, torch.Tensor, dict[str, Any]]:
         for p in prob.parameters():
             p.grad = None
-        counter.calls = 0
+        counter.calls = counter.vjps = 0
         ys, info = fwd()
-        nfe_forward = counter.calls
+        nfe_forward, vjp_forward = counter.calls, counter.vjps
         prob.loss(ys).backward()
-        return nfe_forward, counter.calls - nfe_forward, info
+        nfe_backward, vjp_backward = counter.calls - nfe_forward, counter.vjps - vjp_forward
+        return nfe_forward, nfe_backward, vjp_backward, ys, info
 
     # Warm-up: a short solve on the full batch (lazy initialisation, kernels for these shapes),
     # then the full grid on one sample (per-step Python objects and the interpreter's caches grow
     # to their size for this grid).
-    call(counted, runner.prepare(counted, short_case(case)))
-    one = counted.subset(1)
-    call(one, runner.prepare(one, case))
-    meter.start()
-    nfe_forward, nfe_backward, info = call(counted, forward)
-    peak = meter.peak()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        call(counted, run.prepare(counted, short_case(case)))
+        one = counted.subset(1)
+        call(one, run.prepare(one, case))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meter.start()
+        nfe_forward, nfe_backward, vjp_backward, ys, info = call(counted, forward)
+        peak = meter.peak()
     grad = gradient_vector(problem)
+    ys = problem.outputs(ys).detach().to(device="cpu", dtype=torch.float64)
     del forward
     stats, grid = info.get("stats"), info.get("grid")
 
     references, note = _references(case, grid, refs)
-    errors = {f"grad_rel_error_{k}": _rel_error(grad, v) for k, v in references.items()}
+    errors = {
+        f"grad_rel_error_{k}": _rel_error(grad, v["grad"] if v else None)
+        for k, v in references.items()
+    }
+    continuous = references.get("continuous")
     return {
         **case.to_dict(),
         "mode": case.mode,
-        "peer_method": runner.peer_method(case) if case.library != "torchmali" else None,
+        "peer_method": run.peer_method(case) if case.library != "torchmali" else None,
         "status": "ok",
         "note": note,
         "n_steps": case.n_steps if grid is None else len(grid) - 1,  # accepted
@@ -297,10 +344,21 @@ def measure(case: Case, refs: Path, isolated: bool = False) -> dict[str, Any]:
         "memory_method": meter.method,
         "nfe_forward": nfe_forward,
         "nfe_backward": nfe_backward,
+        "vjp_backward": vjp_backward,
         **errors,
+        "forward_rel_error_continuous": _rel_error(ys, continuous["ys"] if continuous else None),
+        "warnings": list(dict.fromkeys(_warning_text(w) for w in caught)),
         "reported_memory_bytes": getattr(stats, "memory_bytes", None),
         "reported_nfe_forward": getattr(stats, "nfe_forward", None),
         "reported_nfe_backward": getattr(stats, "nfe_backward", None),
         "drift": getattr(stats, "drift", None),
+        "parasitic": getattr(stats, "parasitic", None),
         "recomputed_steps": getattr(stats, "recomputed_steps", None),
+        "stats": stats.as_dict() if hasattr(stats, "as_dict") else None,
     }
+
+
+def _warning_text(w: warnings.WarningMessage) -> str:
+    """``Category: message`` of a caught warning, cut to 300 characters."""
+    text = f"{w.category.__name__}: {w.message}"
+    return text if len(text) <= 300 else text[:297] + "..."

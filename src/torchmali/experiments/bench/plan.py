@@ -4,33 +4,169 @@ A *section* is a cross product (workloads x solvers x libraries x gradient metho
 tolerances x dtypes); a *suite* is a list of sections; the plan is the suite expanded into cases,
 with the combinations a library cannot run either dropped (e.g. MALI with a non-reversible solver)
 or kept as ``skipped`` with a note (e.g. a peer that is not installed).
+
+The lists of gradient methods and solvers come from the registries when the plan is built
+(``torchmali.gradients.names()``, ``GradientMethod.accepts``, ``torchmali.SOLVERS`` with
+``reversible=True``), so a method or a reversible solver registered later is benchmarked in every
+section it fits, with no change here. A gradient method may also be given with options, as
+``name[key=value,...]`` (e.g. ``symplectic[checkpoints=8]`` for ``Symplectic(checkpoints=8)``).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torchmali.gradients import REGISTRY, names
+from torchmali.gradients import REGISTRY, GradientMethod, names, resolve
 
 __all__ = [
     "GRADIENTS",
     "LIBRARIES",
     "SUITES",
+    "VARIANTS",
     "Case",
     "Section",
+    "gradient_class",
+    "gradient_config",
     "parse_floats",
+    "parse_gradients",
     "parse_ints",
     "parse_names",
+    "reversible_solvers",
 ]
 
-#: torchmali's gradient methods, in the order they are reported (the registry's ``names()``).
+#: torchmali's gradient methods when this module was imported, in the order they are reported
+#: (the registry's ``names()``); plans call :func:`~torchmali.gradients.names` afresh.
 GRADIENTS = names()
 #: torchmali first, then the peers.
 LIBRARIES = ("torchmali", "torchdiffeq", "torchdiffeqpack")
 DTYPES = ("float32", "float64")
+#: Configured variants benchmarked beside the registry's defaults (where the class has the option).
+VARIANTS = ("symplectic[checkpoints=8]",)
+
+
+def gradient_config(spec: str) -> GradientMethod:
+    """The configuration named by ``spec``: a registered name or alias, optionally with options in
+    brackets, ``name[key=value,...]`` (values are Python literals).
+
+    Raises:
+        ValueError: an unknown name, an option the method does not have, or a malformed spec.
+    """
+    name, _, rest = spec.partition("[")
+    config = resolve(name.strip())
+    if not rest:
+        return config
+    if not rest.endswith("]"):
+        raise ValueError(
+            f"gradient {spec!r}: options go in brackets, e.g. symplectic[checkpoints=8]"
+        )
+    options = {}
+    for item in filter(None, (i.strip() for i in rest[:-1].split(","))):
+        key, eq, value = item.partition("=")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip()) if eq else None
+        except (ValueError, SyntaxError):
+            raise ValueError(f"gradient {spec!r}: {item!r} is not key=value") from None
+    try:
+        return dataclasses.replace(config, **options)
+    except TypeError as exc:
+        valid = [f.name for f in dataclasses.fields(config)]
+        raise ValueError(f"gradient {spec!r}: {exc}; {name} has the options {valid}") from None
+
+
+def gradient_class(spec: str) -> type[GradientMethod] | None:
+    """The registered class of a gradient spec (``name`` or ``name[...]``), ``None`` if unknown."""
+    return REGISTRY.get(spec.partition("[")[0].strip().lower())
+
+
+def _valid(spec: str) -> bool:
+    try:
+        gradient_config(spec)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def every_gradient(variants: bool = True) -> tuple[str, ...]:
+    """Every registered gradient method, then (with ``variants``) the valid :data:`VARIANTS`."""
+    return (*names(), *(v for v in VARIANTS if variants and _valid(v)))
+
+
+def exact_gradients(variants: bool = True) -> tuple[str, ...]:
+    """The exact methods (``direct`` and every exact memory-efficient one), then their variants."""
+    return tuple(g for g in every_gradient(variants) if gradient_class(g).exact)
+
+
+def reversible_gradients(variants: bool = True) -> tuple[str, ...]:
+    """``direct`` and the methods that need a reversible solver (``mali``)."""
+    return ("direct", *(g for g in every_gradient(variants) if gradient_class(g).needs_reversible))
+
+
+def non_reversible_gradients(variants: bool = True) -> tuple[str, ...]:
+    """Every method that works without a reversible solver."""
+    return tuple(g for g in every_gradient(variants) if not gradient_class(g).needs_reversible)
+
+
+def _no_variants(select: Callable[[bool], tuple[str, ...]]) -> Callable[[], tuple[str, ...]]:
+    return lambda: select(False)
+
+
+def parse_gradients(text: str) -> tuple[str, ...]:
+    """Parse ``--gradients``: registered names (aliases map to their canonical name) and
+    ``name[key=value]`` variants.
+
+    Raises:
+        ValueError: an unknown method or a bad variant (the message lists the valid names).
+    """
+    specs = tuple(dict.fromkeys(s.strip() for s in _split_specs(text) if s.strip()))
+    valid = ", ".join(every_gradient())
+    if not specs:
+        raise ValueError(f"empty list of gradients; valid gradients: {valid}")
+    out = []
+    for spec in specs:
+        cls = gradient_class(spec)
+        if cls is None:
+            raise ValueError(f"unknown gradients {spec}; valid gradients: {valid}")
+        gradient_config(spec)  # raises on bad options
+        out.append(cls.name + spec[spec.index("[") :] if "[" in spec else cls.name)
+    return tuple(dict.fromkeys(out))
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split at commas outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
+def reversible_solvers() -> tuple[str, ...]:
+    """The canonical names of the registered reversible solvers (``torchmali.SOLVERS`` with
+    ``reversible=True``), in registry order."""
+    from torchmali.solvers import SOLVERS
+
+    return tuple(
+        dict.fromkeys(
+            cls.name
+            for cls in SOLVERS.values()
+            if cls.reversible and not getattr(cls, "forward_only", False)
+        )
+    )
+
+
+Names = tuple[str, ...] | Callable[[], tuple[str, ...]]
+
+
+def _names(value: Names) -> tuple[str, ...]:
+    return value() if callable(value) else tuple(value)
 
 
 @dataclass(frozen=True)
@@ -98,10 +234,13 @@ class Section:
     Attributes:
         name: for the report.
         workloads: workload names.
-        methods: solver names.
+        methods: solver names, or a function returning them when the plan is built (e.g.
+            :func:`reversible_solvers`).
         steps: fixed-grid step counts; empty for an adaptive section.
         rtols: tolerances of an adaptive section (``atol = rtol``); empty for a fixed grid.
-        gradients: gradient methods (peers run those they have).
+        gradients: gradient methods, or a function returning them when the plan is built (default:
+            :func:`every_gradient`); the pairs a method refuses (``GradientMethod.accepts``) and
+            the ones a peer does not have are dropped from the plan.
         libraries: libraries.
         dtypes: dtypes.
         repeats: measured calls per case, overriding the command line's (e.g. 1 where only the
@@ -110,10 +249,10 @@ class Section:
 
     name: str
     workloads: tuple[str, ...]
-    methods: tuple[str, ...]
+    methods: Names
     steps: tuple[int, ...] = ()
     rtols: tuple[float, ...] = ()
-    gradients: tuple[str, ...] = GRADIENTS
+    gradients: Names = every_gradient
     libraries: tuple[str, ...] = LIBRARIES
     dtypes: tuple[str, ...] = ("float32",)
     repeats: int | None = None
@@ -125,14 +264,15 @@ class Section:
             common: the :class:`Case` fields shared by every case (device, repeats, ...).
         """
         out = []
+        methods, gradients = _names(self.methods), _names(self.gradients)
         for workload in self.workloads:
             for dtype in self.dtypes:
-                for method in self.methods:
+                for method in methods:
                     sizes: list[dict] = [{"n_steps": n} for n in self.steps]
                     sizes += [{"rtol": r, "atol": r} for r in self.rtols]
                     for size in sizes:
                         for library in self.libraries:
-                            for gradient in self.gradients:
+                            for gradient in gradients:
                                 out.append(
                                     Case(
                                         library,
@@ -147,37 +287,84 @@ class Section:
         return out
 
 
-_EXACT = names(exact=True)  # direct and every exact memory-efficient method
-_PEERS_ALF = _EXACT  # with TorchDiffEqPack's MALI
-_PEERS_RK = ("direct", "adjoint", "checkpoint")  # the methods torchdiffeq / TorchDiffEqPack have
-_ADAPTIVE_RK = tuple(g for g in GRADIENTS if not REGISTRY[g].needs_reversible)
-_REVERSIBLE = ("direct", *(g for g in GRADIENTS if REGISTRY[g].needs_reversible))
+def _with(*extra: str) -> Callable[[], tuple[str, ...]]:
+    """The reversible solvers, then ``extra`` solvers."""
+    return lambda: (*reversible_solvers(), *extra)
 
-_F64 = {"gradients": _EXACT, "libraries": ("torchmali",), "dtypes": ("float64",), "repeats": 1}
+
+_PEERS_RK = ("direct", "adjoint", "checkpoint")  # the methods torchdiffeq / TorchDiffEqPack have
+_F64 = {"libraries": ("torchmali",), "dtypes": ("float64",), "repeats": 1}
+_RK = "rk4"  # the fixed-grid Runge–Kutta section's solver (torchdiffeq has the same scheme)
+
+_LONG = ("decay", "oscillate")  # the long-horizon workloads: dissipative and oscillatory
 
 SUITES: dict[str, tuple[Section, ...]] = {
     "default": (
-        Section("ALF grid", ("mlp",), ("alf",), steps=(10, 100, 1000), gradients=_PEERS_ALF),
-        Section("Euler grid", ("mlp",), ("euler",), steps=(10, 100), gradients=_PEERS_RK),
-        Section("ALF grid", ("mlp-times", "conv"), ("alf",), steps=(10, 100), gradients=_PEERS_ALF),
         Section(
-            "Euler grid", ("mlp-times", "conv"), ("euler",), steps=(10, 100), gradients=_PEERS_RK
+            "reversible solvers", ("mlp",), reversible_solvers, (10, 100),
+            gradients=exact_gradients,
         ),
-        Section("adaptive ALF", ("mlp",), ("alf",), rtols=(1e-2, 1e-4), gradients=_REVERSIBLE),
+        Section("long grid", ("mlp",), ("alf",), (1000,), gradients=exact_gradients),
         Section(
-            "adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-4, 1e-7), gradients=_ADAPTIVE_RK
+            "reversible solvers", ("mlp-times", "conv"), reversible_solvers, (10, 100),
+            gradients=reversible_gradients,
         ),
-        Section("float64", ("mlp",), ("alf",), steps=(10, 100), **_F64),
+        Section("Runge-Kutta grid", ("mlp", "conv"), (_RK,), (10, 100)),
+        Section(
+            "Euler grid", ("mlp", "mlp-times", "conv"), ("euler",), (10, 100), gradients=_PEERS_RK
+        ),
+        Section(
+            "adaptive reversible", ("mlp",), reversible_solvers, rtols=(1e-2, 1e-4),
+            gradients=reversible_gradients,
+        ),
+        Section(
+            "adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-4, 1e-7),
+            gradients=non_reversible_gradients,
+        ),
+        Section(
+            "long horizon", _LONG, reversible_solvers, (100,), gradients=reversible_gradients
+        ),
+        Section("long horizon", _LONG, (_RK,), (100,)),
+        Section("long horizon", _LONG, ("dopri5",), rtols=(1e-6,)),
+        Section("float64", ("mlp",), _with(_RK), (10, 30), gradients=exact_gradients, **_F64),
     ),
+    # Every target of targets.targets can be evaluated from these runs alone.
     "quick": (
-        Section("ALF grid", ("mlp",), ("alf",), steps=(10, 100), gradients=_PEERS_ALF),
-        Section("Euler grid", ("mlp",), ("euler",), steps=(10, 100), gradients=_PEERS_RK),
-        Section("ALF grid", ("conv",), ("alf",), steps=(10, 30), gradients=_PEERS_ALF),
-        Section("adaptive ALF", ("mlp",), ("alf",), rtols=(1e-3,), gradients=_REVERSIBLE),
-        Section("adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-6,), gradients=_ADAPTIVE_RK),
-        Section("float64", ("mlp",), ("alf",), steps=(100,), **_F64),
+        Section(
+            "reversible solvers", ("mlp",), reversible_solvers, (10, 30),
+            gradients=_no_variants(reversible_gradients),
+        ),
+        Section(
+            "reversible solvers", ("conv",), reversible_solvers, (10,),
+            gradients=_no_variants(reversible_gradients),
+        ),
+        Section(
+            "Runge-Kutta grid", ("mlp",), (_RK,), (30,),
+            gradients=_no_variants(every_gradient),
+        ),
+        Section("Euler grid", ("mlp",), ("euler",), (30,), gradients=_PEERS_RK),
+        Section(
+            "adaptive reversible", ("mlp",), reversible_solvers, rtols=(1e-3,),
+            gradients=_no_variants(reversible_gradients),
+        ),
+        Section(
+            "adaptive dopri5", ("mlp",), ("dopri5",), rtols=(1e-4,),
+            gradients=_no_variants(non_reversible_gradients),
+        ),
+        Section(
+            "long horizon", ("decay",), reversible_solvers, (30,),
+            gradients=_no_variants(reversible_gradients),
+        ),
+        Section("long horizon", ("decay",), (_RK,), (30,), gradients=_no_variants(every_gradient)),
+        Section(
+            "float64", ("mlp",), reversible_solvers, (10,),
+            gradients=_no_variants(reversible_gradients), **_F64,
+        ),
+        Section(
+            "float64", ("mlp",), (_RK,), (10,), gradients=_no_variants(exact_gradients), **_F64
+        ),
     ),
-}
+}  # fmt: skip
 
 
 def parse_names(text: str, valid: Sequence[str], what: str) -> tuple[str, ...]:

@@ -46,7 +46,8 @@ def _line(rec: dict[str, Any]) -> tuple[str, str, str]:
 def plot(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Draw each metric against the accepted number of steps, log-log.
 
-    One panel per solver (rows) and workload (columns), one line per library and gradient method:
+    One panel per solver (rows) and workload (columns), one line per library and gradient method
+    (every method of the run, variants such as ``symplectic[checkpoints=8]`` included):
     torchmali solid, peers dashed, adaptive runs dotted (at their accepted step counts), float64
     runs dash-dotted. The colour of a library / gradient method is the same in every panel.
 
@@ -68,7 +69,8 @@ def plot(records: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     colour_keys = sorted(
         {_line(r)[0] for r in ok}, key=lambda k: (not k.startswith("torchmali"), k)
     )
-    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(colour_keys)}
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]  # 18 colours
+    colours = {k: palette[i % len(palette)] for i, k in enumerate(colour_keys)}
     styles = {"float32": "-", "float64": "-.", "adaptive": ":"}
     written = []
     for filename, (key, ylabel, scale) in _FIGURES.items():

@@ -1,4 +1,5 @@
-"""Writing the benchmark's results: JSON, CSV, plots, the summary tables, ratios and targets."""
+"""Writing the benchmark's results: JSON, CSV, the summary tables and the time ratios (the targets
+are in :mod:`~torchmali.experiments.bench.targets`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from .plan import Case
 
 __all__ = [
     "RECORD_KEYS",
+    "dissipative_tables",
+    "floor_ratio",
     "make_record",
     "ratios",
+    "reported",
     "summary_tables",
-    "targets",
+    "time_ratio",
     "write_results",
 ]
 
@@ -39,23 +43,30 @@ RECORD_KEYS = (
     "peak_memory_bytes",
     "nfe_forward",
     "nfe_backward",
+    "vjp_backward",
     "grad_rel_error_discrete",
     "grad_rel_error_continuous",
     "grad_rel_error_direct",
+    "forward_rel_error_continuous",
+    "warnings",
     "cpu_time_s",
+    "forward_time_s",
     "memory_method",
     "peer_method",
     "reported_memory_bytes",
     "reported_nfe_forward",
     "reported_nfe_backward",
     "drift",
+    "parasitic",
     "recomputed_steps",
+    "stats",
     "repeats",
     "seed",
     "threads",
     "load_avg_1min",
     "duration_s",
     "time_s_repeats",
+    "forward_time_s_repeats",
 )
 _MIB = 2.0**20
 
@@ -79,7 +90,7 @@ def write_results(records: Sequence[dict[str, Any]], out: Path) -> None:
         writer.writeheader()
         for rec in records:
             writer.writerow(
-                {k: json.dumps(v) if isinstance(v, list) else v for k, v in rec.items()}
+                {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in rec.items()}
             )
 
 
@@ -136,26 +147,17 @@ def summary_tables(records: Sequence[dict[str, Any]], largest_only: bool = False
                 for r in recs
                 if r["mode"] == "adaptive" or r["n_steps_requested"] == nmax[r["method"]]
             ]
-        recs.sort(
-            key=lambda r: (
-                r["mode"] == "adaptive",
-                r["method"],
-                -(r["rtol"] or 0),
-                r["n_steps_requested"] or 0,
-                r["library"] != "torchmali",
-                r["library"],
-                r["gradient"],
-            )
-        )
+        recs.sort(key=_order)
         rows = [
             [
                 r["library"],
                 r["gradient"],
                 r["method"],
-                _steps(r) if r["mode"] == "fixed" else f"{r['n_steps']} (rtol {r['rtol']:g})",
+                _size(r),
                 _fmt(r["time_s"], "time"),
                 _fmt(r["peak_memory_bytes"], "mib"),
                 f"{r['nfe_forward']}/{r['nfe_backward']}",
+                _fmt(r.get("vjp_backward"), "int"),
                 _fmt(r["grad_rel_error_discrete"], "err"),
                 _fmt(r["grad_rel_error_direct"], "err"),
                 _fmt(r["grad_rel_error_continuous"], "err"),
@@ -170,6 +172,7 @@ def summary_tables(records: Sequence[dict[str, Any]], largest_only: bool = False
             "time (s)",
             "peak MiB",
             "nfe f/b",
+            "VJPs",
             "err vs f64 direct",
             f"err vs {dtype} direct",
             "err vs exact ODE",
@@ -191,6 +194,88 @@ def time_ratio(mine: dict[str, Any], ref: dict[str, Any]) -> float:
     if k == 0:
         return mine["time_s"] / ref["time_s"]
     return statistics.median(x / y for x, y in zip(a[:k], b[:k], strict=True))
+
+
+def floor_ratio(mine: dict[str, Any], direct: dict[str, Any]) -> float | None:
+    """``mine``'s time over its floor, direct backprop plus one forward sweep without graph: the
+    median over rounds of ``mine / (direct + forward)`` when the three were timed in the same
+    rounds (``forward_time_s_repeats``, see :mod:`~torchmali.experiments.bench.timing`);
+    otherwise the ratio of the medians; ``None`` when the forward sweep was not timed."""
+    fwd = mine.get("forward_time_s_repeats") or []
+    a, b = mine.get("time_s_repeats") or [], direct.get("time_s_repeats") or []
+    k = min(len(a), len(b), len(fwd))
+    if k:
+        return statistics.median(x / (y + z) for x, y, z in zip(a[:k], b[:k], fwd[:k], strict=True))
+    if mine.get("forward_time_s") is None:
+        return None
+    return mine["time_s"] / (direct["time_s"] + mine["forward_time_s"])
+
+
+def dissipative_tables(records: Sequence[dict[str, Any]], dissipative: Sequence[str]) -> str:
+    """Markdown tables of the runs on the ``dissipative`` workloads: how far the forward solution
+    and the gradient are from the exact ODE's, how far the gradient is from direct backprop on the
+    same grid, and what the method reported (warnings, an error, its consistency statistics)."""
+    blocks = []
+    for workload in dissipative:
+        recs = [r for r in records if r["workload"] == workload and r["status"] != "skipped"]
+        if not recs:
+            continue
+        recs.sort(key=_order)
+        rows = [
+            [
+                r["library"],
+                r["gradient"],
+                r["method"],
+                _size(r),
+                r["dtype"],
+                _fmt(r.get("forward_rel_error_continuous"), "err"),
+                _fmt(r.get("grad_rel_error_continuous"), "err"),
+                _fmt(r.get("grad_rel_error_direct"), "err"),
+                _fmt(r.get("parasitic"), "err"),
+                _fmt(r.get("drift"), "err"),
+                reported(r) or "-",
+            ]
+            for r in recs
+        ]
+        header = [
+            "library",
+            "gradient",
+            "solver",
+            "steps",
+            "dtype",
+            "forward err vs exact ODE",
+            "grad err vs exact ODE",
+            "grad err vs direct, same grid",
+            "parasitic",
+            "drift",
+            "reported",
+        ]
+        blocks.append(f"### {workload}\n\n" + _table(header, rows))
+    return "\n\n".join(blocks)
+
+
+def reported(rec: dict[str, Any]) -> str:
+    """What a run reported about its own accuracy: the warnings' categories, or the error."""
+    if rec["status"] == "error":
+        return f"raised {rec.get('note') or 'an error'}"[:120]
+    cats = dict.fromkeys(w.split(":", 1)[0] for w in rec.get("warnings") or [])
+    return ", ".join(cats)
+
+
+def _size(rec: dict[str, Any]) -> str:
+    return _steps(rec) if rec["mode"] == "fixed" else f"{rec['n_steps']} (rtol {rec['rtol']:g})"
+
+
+def _order(r: dict[str, Any]) -> tuple:
+    return (
+        r["mode"] == "adaptive",
+        r["method"],
+        -(r["rtol"] or 0),
+        r["n_steps_requested"] or 0,
+        r["library"] != "torchmali",
+        r["library"],
+        r["gradient"],
+    )
 
 
 def ratios(records: Sequence[dict[str, Any]]) -> str:
@@ -236,121 +321,3 @@ def ratios(records: Sequence[dict[str, Any]]) -> str:
         return "(no peer ran)"
     header = ["workload", "dtype", "solver", "steps", "torchmali / peer", "time", "memory"]
     return _table(header, rows)
-
-
-def _fixed(records: Sequence[dict[str, Any]], **match: Any) -> dict[tuple, dict[str, Any]]:
-    return {(r["workload"], r["n_steps_requested"]): r for r in _ok(records, mode="fixed", **match)}
-
-
-def _linear_fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares ``y = a + b x``: the slope ``b`` and the largest relative deviation."""
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    b = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
-    a = my - b * mx
-    return b, max(abs(y - (a + b * x)) / max(abs(y), 1e-30) for x, y in points)
-
-
-def targets(records: Sequence[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
-    """Check the issue's targets on the fixed-grid runs.
-
-    Returns:
-        ``(target, what was measured, passed)`` rows; ``passed`` is ``None`` when nothing
-        could be measured.
-    """
-    out: list[tuple[str, str, bool | None]] = []
-    mali = _fixed(records, library="torchmali", gradient="mali", method="alf", dtype="float32")
-    direct = _fixed(records, library="torchmali", gradient="direct", method="alf", dtype="float32")
-    tdep = _fixed(
-        records, library="torchdiffeqpack", gradient="mali", method="alf", dtype="float32"
-    )
-    for workload in dict.fromkeys(w for w, _ in mali):
-        ns = sorted(n for w, n in mali if w == workload)
-        lo, hi = mali[(workload, ns[0])], mali[(workload, ns[-1])]  # by requested step count
-        growth = hi["peak_memory_bytes"] / max(lo["peak_memory_bytes"], 1) - 1
-        out.append(
-            (
-                f"{workload}: mali memory flat (n={ns[-1]} within 10% of n={ns[0]})",
-                f"{lo['peak_memory_bytes'] / _MIB:.2f} -> {hi['peak_memory_bytes'] / _MIB:.2f}"
-                f" MiB ({growth:+.1%})",
-                len(ns) > 1 and growth <= 0.10,
-            )
-        )
-        pts = [
-            (n, direct[(workload, n)]["peak_memory_bytes"]) for n in ns if (workload, n) in direct
-        ]
-        if len(pts) >= 2:
-            slope, residual = _linear_fit(pts)
-            out.append(
-                (
-                    f"{workload}: direct memory grows linearly",
-                    f"{pts[0][1] / _MIB:.1f} -> {pts[-1][1] / _MIB:.1f} MiB: "
-                    f"{slope / 1024:.0f} KiB per step, largest deviation from the line "
-                    f"{residual:.0%} ({len(pts)} step counts)",
-                    slope > 0 and residual <= 0.10,
-                )
-            )
-        for name, ref, bound in (("direct", direct, 1.4), ("TorchDiffEqPack MALI", tdep, 0.8)):
-            for n in ns:
-                if (workload, n) not in ref:
-                    continue
-                a, b = mali[(workload, n)], ref[(workload, n)]
-                ratio = time_ratio(a, b)
-                out.append(
-                    (
-                        f"{workload} n={n}: mali time <= {bound}x {name}",
-                        f"{a['time_s']:.3f} s vs {b['time_s']:.3f} s ({ratio:.2f}x)",
-                        ratio <= bound,
-                    )
-                )
-    for dtype, bound in (("float32", 1e-6), ("float64", 1e-10)):
-        fixed = _ok(records, library="torchmali", dtype=dtype, mode="fixed")
-        floor = [r["grad_rel_error_discrete"] for r in fixed if r["gradient"] == "direct"]
-        floor_text = f"; {dtype} direct backprop itself: max {max(floor):.1e}" if floor else ""
-        for gradient in ("mali", "checkpoint", "binomial"):
-            mine = [r for r in fixed if r["gradient"] == gradient]
-            for key, what in (("discrete", "vs float64 direct"), ("direct", f"vs {dtype} direct")):
-                errs = [r[f"grad_rel_error_{key}"] for r in mine]
-                errs = [e for e in errs if e is not None]
-                if not errs or (key == "direct" and dtype == "float64"):
-                    continue
-                worst = max(range(len(errs)), key=errs.__getitem__)
-                measured = f"max {errs[worst]:.1e} (n={mine[worst]['n_steps']}, {len(errs)} runs)"
-                out.append(
-                    (
-                        f"{gradient} gradient error {what}, same grid <= {bound:g}",
-                        measured + (floor_text if key == "discrete" else ""),
-                        errs[worst] <= bound,
-                    )
-                )
-    aca = _fixed(records, library="torchdiffeqpack", gradient="checkpoint", dtype="float32")
-    for (workload, n), peer in aca.items():
-        mine = _ok(
-            records,
-            library="torchmali",
-            gradient="checkpoint",
-            method=peer["method"],
-            workload=workload,
-            n_steps_requested=n,
-            dtype="float32",
-            mode="fixed",
-        )
-        if mine and peer["peak_memory_bytes"]:
-            q = mine[0]["peak_memory_bytes"] / peer["peak_memory_bytes"]
-            out.append(
-                (
-                    f"{workload} n={n}: checkpoint memory <= TorchDiffEqPack ACA",
-                    f"{mine[0]['peak_memory_bytes'] / _MIB:.1f} vs "
-                    f"{peer['peak_memory_bytes'] / _MIB:.1f} MiB ({q:.2f}x)",
-                    q <= 1.0,
-                )
-            )
-    return out
-
-
-def targets_table(rows: Sequence[tuple[str, str, bool | None]]) -> str:
-    """The targets as a markdown table."""
-    verdict = {True: "PASS", False: "FAIL", None: "-"}
-    return _table(["target", "measured", ""], [[t, m, verdict[p]] for t, m, p in rows])

@@ -10,7 +10,12 @@ Peers (the ``[peers]`` extra): torchdiffeq's ``odeint`` (``direct``) and ``odein
 (``adjoint``); TorchDiffEqPack's ``odesolve_adjoint_sym12`` (``mali``) and ``odesolve_adjoint``
 (ACA, ``checkpoint``). TorchDiffEqPack's memory-efficient solvers return the end state only, so they
 skip the workloads with several output times; its fixed-grid ACA crashes (design doc §6, defect 2)
-and is patched here, in the benchmark's worker process only.
+and is patched here, in the benchmark's worker process only. Its ``rk4`` is the classical scheme
+while torchmali's and torchdiffeq's ``rk4`` is Kutta's 3/8 rule, so it is not run on their grid.
+
+torchmali runs every gradient method of its registry (and ``name[key=value]`` variants, see
+:func:`~torchmali.experiments.bench.plan.gradient_config`): :func:`runner` builds its runner on
+demand, so a method registered after this module was imported is found too.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from typing import Any
 
 import torch
 
-from .plan import GRADIENTS, Case
-from .workloads import T0, T1, WORKLOADS, Problem
+from .plan import Case, gradient_config
+from .workloads import WORKLOADS, Problem
 
-__all__ = ["RUNNERS", "Runner", "support"]
+__all__ = ["RUNNERS", "Runner", "runner", "support"]
 
 Forward = Callable[[], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -61,9 +66,10 @@ class Runner:
 def _torchmali(problem: Problem, case: Case) -> Forward:
     import torchmali
 
-    kwargs: dict[str, Any] = {"method": case.method, "gradient": case.gradient}
+    gradient = gradient_config(case.gradient)
+    kwargs: dict[str, Any] = {"method": case.method, "gradient": gradient}
     if case.n_steps is not None:
-        kwargs["options"] = {"step_size": (T1 - T0) / case.n_steps}
+        kwargs["options"] = {"step_size": WORKLOADS[case.workload].step_size(case.n_steps)}
     else:
         kwargs.update(rtol=case.rtol, atol=case.atol)
 
@@ -77,10 +83,10 @@ def _torchmali(problem: Problem, case: Case) -> Forward:
 def _torchdiffeq(problem: Problem, case: Case) -> Forward:
     import torchdiffeq
 
-    runner = RUNNERS[("torchdiffeq", case.gradient)]
-    kwargs: dict[str, Any] = {"method": runner.peer_method(case)}
+    peer = RUNNERS[("torchdiffeq", case.gradient)]
+    kwargs: dict[str, Any] = {"method": peer.peer_method(case)}
     if case.n_steps is not None:
-        kwargs["options"] = {"step_size": (T1 - T0) / case.n_steps}
+        kwargs["options"] = {"step_size": WORKLOADS[case.workload].step_size(case.n_steps)}
     else:
         kwargs.update(rtol=case.rtol, atol=case.atol)
     if case.gradient == "adjoint":
@@ -131,7 +137,9 @@ def _torchdiffeqpack(problem: Problem, case: Case) -> Forward:
 
     if symplectic.Lambda != 1.0:  # its damping eta is a module global; torchmali uses 1.0
         raise ValueError(f"TorchDiffEqPack's ALF damping is {symplectic.Lambda}, expected 1.0")
-    runner = RUNNERS[("torchdiffeqpack", case.gradient)]
+    peer = RUNNERS[("torchdiffeqpack", case.gradient)]
+    workload = WORKLOADS[case.workload]
+    t0, t1 = float(problem.t[0]), workload.t1
     if case.gradient == "mali":
         solve = TorchDiffEqPack.odesolve_adjoint_sym12
     else:
@@ -139,14 +147,14 @@ def _torchdiffeqpack(problem: Problem, case: Case) -> Forward:
         if case.n_steps is not None:
             _patch_torchdiffeqpack_fixed_aca()
     base = {
-        "method": runner.peer_method(case),
-        "t0": T0,
-        "t1": T1,
+        "method": peer.peer_method(case),
+        "t0": t0,
+        "t1": t1,
         "print_neval": False,
         "neval_max": 500_000,
     }
     if case.n_steps is not None:
-        base["h"] = (T1 - T0) / case.n_steps
+        base["h"] = workload.step_size(case.n_steps)
     else:
         base.update(h=None, rtol=case.rtol, atol=case.atol)
 
@@ -156,33 +164,27 @@ def _torchdiffeqpack(problem: Problem, case: Case) -> Forward:
             out = out[0]
         steps = out.grad_fn.steps  # the accepted times after t0 (kept on the autograd node)
         steps = steps.reshape(-1).tolist() if torch.is_tensor(steps) else [float(s) for s in steps]
-        return out, {"grid": torch.tensor([T0, *steps], dtype=torch.float64)}
+        return out, {"grid": torch.tensor([t0, *steps], dtype=torch.float64)}
 
     return forward
 
 
+#: The peers' runners (torchmali's are built by :func:`runner`).
 RUNNERS: dict[tuple[str, str], Runner] = {
     (r.library, r.gradient): r
     for r in [
-        *(
-            Runner(
-                "torchmali",
-                g,
-                f"solve(gradient={g!r})",
-                {"fixed": {}, "adaptive": {}},
-                "torchmali",
-                False,
-                _torchmali,
-            )
-            for g in GRADIENTS
-        ),
         *(
             Runner(
                 "torchdiffeq",
                 g,
                 entry,
                 {
-                    "fixed": {"euler": "euler", "midpoint": "midpoint", "heun": "heun2"},
+                    "fixed": {
+                        "euler": "euler",
+                        "midpoint": "midpoint",
+                        "heun": "heun2",
+                        "rk4": "rk4",
+                    },
                     "adaptive": {m: m for m in ("dopri5", "bosh3", "adaptive_heun")},
                 },
                 "torchdiffeq",
@@ -205,7 +207,7 @@ RUNNERS: dict[tuple[str, str], Runner] = {
             "checkpoint",
             "odesolve_adjoint (ACA)",
             {
-                "fixed": {"euler": "euler", "midpoint": "rk2", "rk4": "rk4"},
+                "fixed": {"euler": "euler", "midpoint": "rk2"},  # its rk4 is not the 3/8 rule
                 "adaptive": {"dopri5": "dopri5", "bosh3": "rk23"},
             },
             "TorchDiffEqPack",
@@ -216,39 +218,56 @@ RUNNERS: dict[tuple[str, str], Runner] = {
 }
 
 
-def support(case: Case, torchmali_gradients: frozenset[str]) -> tuple[bool, str | None]:
+def runner(library: str, gradient: str) -> Runner | None:
+    """The runner of ``gradient`` (torchmali's vocabulary) in ``library``, ``None`` if it has none.
+
+    torchmali's runners are built here from the registry (every registered name, alias or
+    ``name[key=value]`` variant), the peers' come from :data:`RUNNERS`.
+    """
+    if library != "torchmali":
+        return RUNNERS.get((library, gradient))
+    try:
+        gradient_config(gradient)
+    except (ValueError, TypeError):
+        return None
+    return Runner(
+        "torchmali",
+        gradient,
+        f"solve(gradient={gradient!r})",
+        {"fixed": {}, "adaptive": {}},
+        "torchmali",
+        False,
+        _torchmali,
+    )
+
+
+def support(case: Case) -> tuple[bool, str | None]:
     """Whether ``case`` is part of the plan, and why it is skipped if it cannot run here.
 
     Args:
         case: the configuration.
-        torchmali_gradients: the gradient methods the installed torchmali knows.
 
     Returns:
         ``(False, None)`` for a combination that does not exist (dropped from the plan),
         ``(True, note)`` for one that is reported as skipped, ``(True, None)`` for one that runs.
     """
-    runner = RUNNERS.get((case.library, case.gradient))
-    if runner is None:
+    found = runner(case.library, case.gradient)
+    if found is None:
         return False, None
     if case.library == "torchmali":
         import torchmali
 
-        if case.method not in torchmali.SOLVERS:
+        solver = torchmali.SOLVERS.get(case.method)
+        if solver is None or (case.mode == "adaptive" and not solver.adaptive):
             return False, None
-        if case.gradient not in torchmali_gradients:
-            return True, f"torchmali has no gradient method {case.gradient!r} yet"
-        gradient, solver = (
-            torchmali.gradients.resolve(case.gradient),
-            torchmali.SOLVERS[case.method],
-        )
-        if not gradient.accepts(solver, case.mode == "fixed"):
+        if not gradient_config(case.gradient).accepts(solver, case.mode == "fixed"):
             return False, None  # e.g. MALI with a non-reversible solver
-    elif runner.peer_method(case) is None:
+    elif found.peer_method(case) is None:
         return False, None
-    if importlib.util.find_spec(runner.module) is None:
-        return True, f"{runner.library} is not installed (pip install 'torchmali[peers]')"
-    if runner.final_state_only and WORKLOADS[case.workload].n_outputs > 1:
-        return True, f"{runner.library} {runner.entry_point} returns the end state only"
+    if importlib.util.find_spec(found.module) is None:
+        return True, f"{found.library} is not installed (pip install 'torchmali[peers]')"
+    if found.final_state_only and WORKLOADS[case.workload].n_outputs > 1:
+        return True, f"{found.library} {found.entry_point} returns the end state only"
     if case.device == "cuda" and not torch.cuda.is_available():
         return True, "CUDA is not available"
     return True, None

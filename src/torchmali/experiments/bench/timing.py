@@ -7,24 +7,33 @@ every round times one forward + backward call of each configuration, starting wi
 one each round. Whatever else runs
 on the machine then slows all of them alike, instead of whichever configuration happened to run at
 that moment; within one process the repeats of a call agree to a few percent.
+
+A group with a method that needs a reversible solver (``mali``) also times, in the same rounds,
+the *forward sweep alone*: torchmali's solve of the same problem under ``torch.no_grad()``. A
+reversible backward pass reconstructs every step and differentiates it, so its floor is direct
+backprop plus one forward sweep without graph; both parts of that floor are then measured in the
+same rounds as the method (``forward_time_s``, ``forward_time_s_repeats`` in every record of the
+group; see :func:`~torchmali.experiments.bench.report.floor_ratio`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from .measure import short_case, tune_allocator
-from .plan import Case
-from .runners import RUNNERS
+from .plan import Case, gradient_config
+from .runners import runner
 from .workloads import WORKLOADS, Problem, build_problem
 
-__all__ = ["TIMING_MMAP_THRESHOLD", "group_key", "time_group"]
+__all__ = ["TIMING_MMAP_THRESHOLD", "group_key", "needs_forward_sweep", "time_group"]
 
 #: Timed calls run with glibc's own steady state (its adaptive mmap threshold grows to 32 MiB);
 #: mapping every tensor afresh, as for the memory call, makes small-tensor workloads twice slower.
@@ -38,6 +47,19 @@ def _call(problem: Problem, forward: Callable) -> None:
         p.grad = None
     ys, _ = forward()
     problem.loss(ys).backward()
+
+
+def _call_no_grad(problem: Problem, forward: Callable) -> None:
+    with torch.no_grad():
+        forward()
+
+
+def needs_forward_sweep(cases: Sequence[Case]) -> bool:
+    """Whether a group holds a torchmali method that needs a reversible solver (its time floor is
+    direct backprop plus one forward sweep: both are timed with it)."""
+    return any(
+        c.library == "torchmali" and gradient_config(c.gradient).needs_reversible for c in cases
+    )
 
 
 def group_key(case: Case) -> tuple:
@@ -54,53 +76,79 @@ def time_group(cases: Sequence[Case], isolated: bool = False) -> list[dict[str, 
 
     Returns:
         Per case: ``time_s`` (median wall-clock seconds of a forward + backward call),
-        ``cpu_time_s`` (median process CPU seconds), ``time_s_repeats`` and ``load_avg_1min``.
+        ``cpu_time_s`` (median process CPU seconds), ``time_s_repeats`` and ``load_avg_1min``;
+        with ``forward_time_s`` and ``forward_time_s_repeats`` (the no-grad forward sweep, timed
+        in the same rounds) when :func:`needs_forward_sweep`.
     """
     if isolated:
         tune_allocator(TIMING_MMAP_THRESHOLD)
         if cases[0].threads:
             torch.set_num_threads(cases[0].threads)
+    with warnings.catch_warnings():  # the memory call has recorded them
+        warnings.simplefilter("ignore")
+        return _time_group(cases)
+
+
+def _time_group(cases: Sequence[Case]) -> list[dict[str, Any]]:
     device = torch.device(cases[0].device)
+    entries = list(cases)
     calls = []
     for case in cases:
         problem = build_problem(
             WORKLOADS[case.workload], getattr(torch, case.dtype), device, case.seed
         )
-        runner = RUNNERS[(case.library, case.gradient)]
-        _call(problem, runner.prepare(problem, short_case(case)))  # warm-up: kernels, shapes
-        calls.append((problem, runner.prepare(problem, case)))
-    for call in calls:  # warm-up at full size: the first call grows the heap (page faults)
-        _call(*call)
+        run = runner(case.library, case.gradient)
+        _call(problem, run.prepare(problem, short_case(case)))  # warm-up: kernels, shapes
+        calls.append((_call, problem, run.prepare(problem, case)))
+    if needs_forward_sweep(cases):  # the forward sweep alone, without graph
+        sweep = dataclasses.replace(cases[0], library="torchmali", gradient="direct")
+        problem = build_problem(
+            WORKLOADS[sweep.workload], getattr(torch, sweep.dtype), device, sweep.seed
+        )
+        run = runner("torchmali", "direct")
+        _call_no_grad(problem, run.prepare(problem, short_case(sweep)))
+        entries.append(sweep)
+        calls.append((_call_no_grad, problem, run.prepare(problem, sweep)))
+    for call, *args in calls:  # warm-up at full size: the first call grows the heap (page faults)
+        call(*args)
 
-    wall: list[list[float]] = [[] for _ in cases]
-    cpu: list[list[float]] = [[] for _ in cases]
+    wall: list[list[float]] = [[] for _ in entries]
+    cpu: list[list[float]] = [[] for _ in entries]
 
     def wanted(i: int) -> bool:
-        n, reps = len(wall[i]), cases[i].repeats
+        n, reps = len(wall[i]), entries[i].repeats
         return n < reps or (sum(wall[i]) < MIN_TIMED_S and n < 5 * reps)
 
     rounds = 0
-    while any(wanted(i) for i in range(len(cases))):
-        order = [(rounds + k) % len(cases) for k in range(len(cases))]
+    while any(wanted(i) for i in range(len(entries))):
+        order = [(rounds + k) % len(entries) for k in range(len(entries))]
         for i in order:
             if not wanted(i):
                 continue
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
-            _call(*calls[i])
+            call, *args = calls[i]
+            call(*args)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             wall[i].append(time.perf_counter() - start)
             cpu[i].append(time.process_time() - start_cpu)
         rounds += 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    forward = {}
+    if len(entries) > len(cases):
+        forward = {
+            "forward_time_s": statistics.median(wall[-1]),
+            "forward_time_s_repeats": wall[-1],
+        }
     return [
         {
             "time_s": statistics.median(w),
             "cpu_time_s": statistics.median(c),
             "time_s_repeats": w,
             "load_avg_1min": load,
+            **forward,
         }
-        for w, c in zip(wall, cpu, strict=True)
+        for w, c in zip(wall[: len(cases)], cpu[: len(cases)], strict=True)
     ]
