@@ -117,7 +117,8 @@ class _MaliTape(Tape):
             replay = exact
             if not exact:
                 for i in range(hi - 1, lo - 1, -1):
-                    sweep.step(ts[i], ts[i + 1] - ts[i], cot.get(i))
+                    start = stored[lo] if i == lo else None
+                    sweep.step(ts[i], ts[i + 1] - ts[i], cot.get(i), start=start)
                 consistency = [] if measured else sweep.consistency()
                 n_check = len(consistency) // 2
                 ratios = _ratios(consistency + _point_gaps(sweep.point(), stored[lo]))  # 1 sync

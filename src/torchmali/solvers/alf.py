@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -207,7 +208,7 @@ class ALFReverseSweep(ReverseSweep):
         self.gaps: list[torch.Tensor] = []
         self.a_v: torch.Tensor | None = None  # ā_v given by restart(), folded into the next cu
 
-    def step(self, t0: float, h: float, cot: torch.Tensor | None = None) -> None:
+    def step(self, t0: float, h: float, cot: torch.Tensor | None = None, start: Any = None) -> None:
         eta, a_z, cu = self.eta, self.cot_y, self.cu
         if cu is None:
             if cot is not None:

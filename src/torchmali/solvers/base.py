@@ -275,9 +275,14 @@ class ReverseSweep:
         self.cot_state: Any = None
         self.param_grads = [torch.zeros_like(p) for p in params]
 
-    def step(self, t0: float, h: float, cot: torch.Tensor | None = None) -> None:
+    def step(self, t0: float, h: float, cot: torch.Tensor | None = None, start: Any = None) -> None:
         """Add ``cot`` (outputs at ``t0 + h``) to the cotangent of ``y``, then reverse the step
-        from ``t0`` to ``t0 + h``."""
+        from ``t0`` to ``t0 + h``.
+
+        ``start``: the stored ``(y0, state0)`` at ``t0`` when the gradient method kept it (the
+        initial point, a checkpoint), else ``None``. A scheme may take from it what it would
+        otherwise evaluate (reversible Heun: ``f̂0``), but must still reconstruct ``y0`` and
+        what the drift check compares."""
         cot_y = self.cot_y if cot is None else self.cot_y + cot
         r = self.solver.backward_step(
             self.f, t0, h, self.y, self.state, cot_y, self.cot_state, self.params
