@@ -256,6 +256,48 @@ def test_two_track_consistency_check_reports_the_parasitic_mode():
         assert torch.allclose(got, ref, rtol=1e-5, atol=0)
 
 
+def test_wrapper_instability_below_drift_tol_is_caught_by_its_consistency_check():
+    """A dissipative affine field (eigenvalues of real part near -1), T = 10, h = 0.1: the
+    default coupling 0.999 is unstable (|h λ| > -ln 0.999) and the two tracks part by ~1e-2
+    while the reconstruction drift stays below drift_tol. The wrapper's consistency limit
+    (max(1e-3, 10 T h^5) here; healthy solves measure < 1e-5) flags it: a warning, and the
+    gradient recomputed exactly. (In float32 the bench measured MALI 4e-3 off float32 direct
+    with no warning before.)"""
+    g = torch.Generator().manual_seed(0)
+    A = -torch.eye(16, dtype=F64) + 0.3 * torch.randn(16, 16, generator=g, dtype=F64) / 4
+    y0 = torch.randn(8, 16, generator=g, dtype=F64).requires_grad_()
+    W = A.clone().requires_grad_()
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+    kw = dict(method="reversible_rk", options={"step_size": 0.1}, params=[W])
+    ys = torchmali.odeint(lambda t, y: y @ W.T, y0, t, **kw)
+    ref = torch.autograd.grad(ys[-1].square().sum(), [y0, W])
+    for fallback in (True, False):
+        gradient = torchmali.Mali(fallback=fallback)
+        sol = torchmali.solve(lambda t, y: y @ W.T, y0, t, gradient=gradient, **kw)
+        with pytest.warns(torchmali.ReconstructionDriftWarning, match="parasitic_tol=0.001"):
+            got = torch.autograd.grad(sol.ys[-1].square().sum(), [y0, W])
+        assert sol.stats.parasitic > 1e-3 and sol.stats.drift < 1e-4
+        if fallback:
+            assert sol.stats.fallback_segments >= 1
+            # round-off, amplified by the unstable scheme's own backward pass (direct's too)
+            assert rel(got, ref) < 1e-7
+    # the warning is warranted: the forward solution is far from the ODE's (matrix exponential)
+    exact = y0.detach() @ torch.linalg.matrix_exp(10.0 * A).T
+    assert float((ys[-1].detach() - exact).norm() / exact.norm()) > 1e-3
+    # a healthy solve of the same size stays far below the limit
+    rot = torch.randn(16, 16, generator=g, dtype=F64)
+    healthy = torchmali.solve(
+        lambda t, y: y @ (rot - rot.T).T,
+        y0.detach().requires_grad_(),
+        t,
+        gradient="mali",
+        method="reversible_rk",
+        options={"step_size": 0.1},
+    )
+    healthy.ys[-1].square().sum().backward()
+    assert healthy.stats.parasitic < 1e-4 and healthy.stats.fallback_segments == 0
+
+
 def test_reversible_heun_vjp_formula():
     """The pulled-back cotangents of one step against autograd through ``step``."""
     solver, f = ReversibleHeun(), Field()

@@ -99,7 +99,7 @@ class _MaliTape(Tape):
         cot = output_cotangents(grad_ys, record.out_steps)
         sweep = solver.reverse_sweep(problem.f, saved.params, *self.final)
         stored = {0: (saved.y0, self.state0), **self.checkpoints}
-        drift_tol, parasitic_tol = method.drift_tol, method.parasitic_tol
+        drift_tol, parasitic_tol = method.drift_tol, method.parasitic_limit(solver, ts)
         can_fall_back = method.fallback and (drift_tol is not None or parasitic_tol is not None)
         drift, fallbacks, recomputed = 0.0, 0, 0
         parasitic: float | None = 0.0 if sweep.checks_consistency else None
@@ -157,7 +157,7 @@ class _MaliTape(Tape):
         self.stats.drift, self.stats.parasitic = drift, parasitic
         self.stats.fallback_segments = fallbacks
         self.stats.recomputed_steps = recomputed
-        _check_drift(method, solver, drift, parasitic)
+        _check_drift(method, solver, drift, parasitic, method.parasitic_limit(solver, ts))
         return grad_y0, grads
 
     def _free_slots(self) -> int | None:
@@ -213,8 +213,11 @@ class Mali(SweepMethod):
     Args:
         drift_tol: largest relative reconstruction drift of a segment accepted in the gradient
             (``None``: no bound, no fallback, the drift is only reported).
-        parasitic_tol: consistency gap above which to warn (``None``: only report). Healthy
-            solves measure ``1e-6``–``1e-2``.
+        parasitic_tol: consistency gap above which to warn and recompute exactly (``None``:
+            only report). ``"auto"`` (default): the solver's ``consistency_limit`` — 0.5 for ALF
+            and reversible Heun (healthy solves measure ``1e-6``–``1e-2``); for
+            ``reversible_rk``, whose two tracks part by the base method's accumulated local
+            error on healthy solves, ``max(1e-3, 10 T h_max^p)`` (``p`` the base's order).
         on_drift: what happens to a drift above ``drift_tol`` that was not recomputed (only with
             ``fallback=False``): ``"raise"`` a ``RuntimeError`` naming the fix (default), or
             ``"warn"`` (a :class:`ReconstructionDriftWarning`) and return the inaccurate gradient.
@@ -240,7 +243,7 @@ class Mali(SweepMethod):
     aliases = ("reversible",)
     needs_reversible = True
     drift_tol: float | None = 1e-4
-    parasitic_tol: float | None = 0.5
+    parasitic_tol: float | Literal["auto"] | None = "auto"
     on_drift: Literal["warn", "raise"] = "raise"
     checkpoint_every: int | Literal["auto"] | None = "auto"
     memory_budget: int | None = None
@@ -249,8 +252,8 @@ class Mali(SweepMethod):
     def __post_init__(self) -> None:
         for key in ("drift_tol", "parasitic_tol"):
             value = getattr(self, key)
-            if value is not None:
-                example = f"Mali({key}={getattr(type(self), key):g}), or None to only report"
+            if value is not None and not (key == "parasitic_tol" and value == "auto"):
+                example = f"Mali({key}=0.5), or None to only report"
                 object.__setattr__(self, key, _validate.number("Mali", key, value, example))
         _validate.choice("Mali", "on_drift", self.on_drift, ("warn", "raise"))
         if self.checkpoint_every is not None and self.checkpoint_every != "auto":
@@ -269,6 +272,13 @@ class Mali(SweepMethod):
                 f"Mali(fallback=...): fallback must be True or False, got {self.fallback!r} "
                 f"({type(self.fallback).__name__}); e.g. Mali(fallback=True)"
             )
+
+    def parasitic_limit(self, solver: Solver, ts: list[float]) -> float | None:
+        """``parasitic_tol``, with ``"auto"`` resolved by the solver for the accepted grid
+        ``ts`` (:meth:`~torchmali.solvers.base.ReversibleSolver.consistency_limit`)."""
+        if self.parasitic_tol == "auto":
+            return solver.consistency_limit(ts)
+        return self.parasitic_tol
 
     def check(self, solver: Solver, problem_is_fixed: bool) -> None:
         if not isinstance(solver, ReversibleSolver):
@@ -334,7 +344,7 @@ def _refuse_non_finite(cot_y: torch.Tensor, solver: ReversibleSolver) -> None:
 
 
 def _check_drift(
-    cfg: Mali, solver: ReversibleSolver, drift: float, parasitic: float | None
+    cfg: Mali, solver: ReversibleSolver, drift: float, parasitic: float | None, limit: float | None
 ) -> None:
     # The warning's text is fixed for each cause, so Python shows it once per place instead of
     # once per backward pass of a training run; the measured values are in SolveStats (and in
@@ -357,7 +367,5 @@ def _check_drift(
         if cfg.on_drift == "raise":
             raise RuntimeError(f"{message} (measured: drift {drift:.3g})")
         warnings.warn(message, ReconstructionDriftWarning, stacklevel=3)
-    if cfg.parasitic_tol is not None and parasitic is not None and parasitic > cfg.parasitic_tol:
-        warnings.warn(
-            solver.consistency_message(cfg.parasitic_tol), ReconstructionDriftWarning, stacklevel=3
-        )
+    if limit is not None and parasitic is not None and parasitic > limit:
+        warnings.warn(solver.consistency_message(limit), ReconstructionDriftWarning, stacklevel=3)

@@ -198,6 +198,15 @@ class ReversibleSolver(Solver):
         """
         raise NotImplementedError
 
+    #: the consistency gap (``ReverseSweep.consistency``, ``SolveStats.parasitic``) above which
+    #: ``Mali(parasitic_tol="auto")`` warns and recomputes exactly (see :meth:`consistency_limit`)
+    consistency_tol: ClassVar[float] = 0.5
+
+    def consistency_limit(self, ts: Sequence[float]) -> float:
+        """The largest consistency gap of a healthy solve on the accepted grid ``ts``
+        (``consistency_tol`` unless the scheme knows better)."""
+        return self.consistency_tol
+
     def inverse_amplification(self) -> float:
         """The factor by which one inverse step can amplify round-off in the worst case (1 for a
         scheme whose inverse is as well conditioned as its step, e.g. undamped ALF; ALF with
