@@ -84,9 +84,11 @@ def test_eta_with_non_alf_method(y0, t):
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "rk4"])
-def test_fixed_grid_method_needs_step_size(method, y0, t):
-    with pytest.raises(ValueError, match=r"fixed-grid solver: pass options=\{'step_size'"):
-        torchmali.odeint(decay, y0, t, method=method)
+def test_adaptive_only_option_on_the_grid_of_t(method, y0, t):
+    """A fixed-grid method without step_size steps on t (torchdiffeq); adaptive options still
+    have no effect there and are refused."""
+    with pytest.raises(ValueError, match=r"only apply to adaptive solves"):
+        torchmali.odeint(decay, y0, t, method=method, options={"first_step": 0.1})
 
 
 @pytest.mark.parametrize(

@@ -286,16 +286,30 @@ def test_fixed_grid_lands_on_final_time(method, linear):
         assert err < 0.1 * gap
 
 
-@pytest.mark.parametrize("method", ["euler", "rk4", "alf"])
-def test_fixed_grid_hits_off_grid_outputs(method, linear):
-    """Intermediate output times off the regular grid become grid points (no interpolation)."""
+def test_reversible_fixed_grid_lands_on_off_grid_outputs(linear):
+    """ALF's fixed grid lands on every output time (MALI has nothing to interpolate with)."""
     t = torch.tensor([0.0, 0.45, 0.8, 1.0], dtype=linear.y0.dtype)
-    sol = torchmali.solve(linear.f, linear.y0, t, method=method, options={"step_size": 0.3})
+    sol = torchmali.solve(linear.f, linear.y0, t, method="alf", options={"step_size": 0.3})
     assert sol.ts.tolist() == pytest.approx([0.0, 0.3, 0.45, 0.6, 0.8, 0.9, 1.0], abs=1e-15)
     assert {0.45, 0.8} <= set(sol.ts.tolist())
     # The first part of the grid is [0, 0.3, 0.45] in both solves, so y(0.45) is identical.
-    short = torchmali.odeint(linear.f, linear.y0, t[:2], method=method, options={"step_size": 0.3})
+    short = torchmali.odeint(linear.f, linear.y0, t[:2], method="alf", options={"step_size": 0.3})
     assert torch.equal(sol.ys[1], short[1])
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_fixed_grid_interpolates_off_grid_outputs(method, linear):
+    """Other fixed-grid methods keep torchdiffeq's grid and interpolate linearly between points
+    (changed from landing on every output, to give torchdiffeq's numbers)."""
+    t = torch.tensor([0.0, 0.45, 0.8, 1.0], dtype=linear.y0.dtype)
+    sol = torchmali.solve(linear.f, linear.y0, t, method=method, options={"step_size": 0.3})
+    assert sol.ts.tolist() == pytest.approx([0.0, 0.3, 0.6, 0.9, 1.0], abs=1e-15)
+    on_grid = torchmali.odeint(
+        linear.f, linear.y0, [0.0, 0.3, 0.6, 0.9], method=method, options={"step_size": 0.3}
+    )
+    assert torch.allclose(sol.ys[1], (on_grid[1] + on_grid[2]) / 2, rtol=0, atol=1e-15)
+    w = (0.8 - 0.6) / 0.3
+    assert torch.allclose(sol.ys[2], on_grid[2] + w * (on_grid[3] - on_grid[2]), atol=1e-15)
 
 
 def test_fixed_grid_near_output_has_no_sliver_step(linear):

@@ -1,21 +1,27 @@
 """``odeint`` / ``solve``: validate and normalise the inputs once, then dispatch.
 
-Normalisation: tuple states are flattened into one tensor, decreasing time is mapped to
-increasing ``s = -t`` (integrating ``dy/ds = -func(-s, y)``), time is float64 while the state keeps
-its dtype. Solvers and gradient methods only ever see the normalised problem.
+Normalisation: tuple states are flattened into one tensor (complex states into their real
+views), decreasing time is mapped to increasing ``s = -t`` (integrating ``dy/ds = -func(-s, y)``),
+time is float64 while the state keeps its dtype. Solvers and gradient methods only ever see the
+normalised problem.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import _callbacks
 from ._bookkeeping import untouched
-from ._loop import Problem
+from ._events import solve_event
+from ._grid import check_mode, constructed_grid
+from ._loop import Problem, StepRecord
+from ._norms import make_tolerance
 from ._options import Options
 from ._params import ParamsProbe, resolve_params
 from ._precision import check_tolerances, working_dtype
@@ -29,22 +35,9 @@ from .solvers.scipy_solver import check_gradient as check_scipy_gradient
 from .solvers.scipy_solver import check_options as check_scipy_options
 from .solvers.scipy_solver import guard as scipy_guard
 from .solvers.scipy_solver import trainables as scipy_trainables
-from .step_size import Tolerance, rms_norm
+from .step_size import Tolerance
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
-
-_ADAPTIVE_ONLY = (
-    "first_step",
-    "min_step",
-    "max_step",
-    "safety",
-    "ifactor",
-    "dfactor",
-    "pcoeff",
-    "icoeff",
-    "dcoeff",
-    "norm",
-)
 
 
 def odeint(
@@ -58,18 +51,25 @@ def odeint(
     *,
     gradient: str | GradientMethod = "direct",
     params: Iterable[torch.Tensor] | None = None,
-) -> State:
+    event_fn: Callable | None = None,
+) -> State | tuple[torch.Tensor, State]:
     """Integrate ``dy/dt = func(t, y)`` and return ``y`` at every time in ``t``.
 
-    A drop-in replacement for ``torchdiffeq.odeint`` with a choice of gradient method.
+    A drop-in replacement for ``torchdiffeq.odeint`` with a choice of gradient method (see
+    ``docs/torchdiffeq.md`` for every difference).
 
     Args:
         func: any callable ``func(t, y)`` returning ``dy/dt`` with the structure, shape and dtype
-            of ``y``; ``t`` is passed as a 0-dim tensor of the state's dtype and device.
-        y0: the initial state: a tensor, or a tuple of tensors (same dtype and device).
-            bfloat16 and float16 states are integrated in float32 (the solver's state, error
-            estimate and step control) while ``func`` runs in the state's dtype; the outputs are
-            returned in that dtype and gradients flow through the casts.
+            of ``y``; ``t`` is passed as a 0-dim tensor of the state's real dtype and device.
+            Optional attributes ``callback_step``, ``callback_accept_step``,
+            ``callback_reject_step`` (and their ``_adjoint`` variants) are called as torchdiffeq
+            calls them (see :mod:`torchmali._callbacks`).
+        y0: the initial state: a tensor of any shape (0-dim included), real or complex, or a
+            tuple of such tensors (same dtype and device). Complex states are integrated through
+            their real views; ``func`` sees complex tensors. bfloat16 and float16 states are
+            integrated in float32 (the solver's state, error estimate and step control) while
+            ``func`` runs in the state's dtype; the outputs are returned in that dtype and
+            gradients flow through the casts.
         t: 1-D tensor (or sequence) of output times, strictly increasing or strictly
             decreasing; ``t[0]`` is the initial time.
         rtol: relative tolerance; a number, or one number per tensor of a tuple state. An
@@ -78,9 +78,9 @@ def odeint(
             accurate); ``rtol=0`` (pure absolute control) is allowed with ``atol > 0``.
         atol: absolute tolerance; a number, or one number per tensor of a tuple state
             (``rtol`` and ``atol`` may not both be 0).
-        method: solver name (default ``"dopri5"``): fixed grid ``euler``, ``midpoint``, ``heun``,
-            ``rk4``; adaptive ``adaptive_heun``, ``bosh3``, ``dopri5``, ``tsit5``; and ``alf``
-            (adaptive, or fixed with ``options={"step_size": h}``).
+        method: solver name (default ``"dopri5"``), a key of ``torchmali.SOLVERS``. Fixed-grid
+            methods step on ``t`` itself unless ``options`` has ``step_size`` or
+            ``grid_constructor``; ``alf`` is adaptive unless given one of them.
         options: solver options, see :class:`torchmali.Options` for every key.
         gradient: ``"direct"``, ``"mali"``, ``"checkpoint"`` (``"aca"``, ``"anode"``),
             ``"binomial"`` (``"revolve"``), ``"adjoint"``, or a configuration object such as
@@ -95,16 +95,35 @@ def odeint(
             shape, instead of silently getting no gradient. Non-leaf tensors may be params.
             ``params=()`` explicitly differentiates none of ``func``'s tensors (no check).
             The check costs no evaluation (see ``torchmali._params``).
+        event_fn: ``event_fn(t, y) -> tensor``: integrate from ``t[0]`` (in the direction of
+            ``t[1]``, which is otherwise ignored; ``len(t)`` must be 2) until it changes sign
+            (any element, for a multivariate function), as torchdiffeq does. The event time is
+            located under ``no_grad``; the solution at that time is differentiable with every
+            gradient method. Use :func:`torchmali.odeint_event` for gradients through the event
+            time itself.
 
     Returns:
         The solution at every time in ``t``, stacked along a new leading dimension (a tuple of
-        such tensors for a tuple ``y0``).
+        such tensors for a tuple ``y0``). With ``event_fn``: ``(event_t, solution)``, where
+        ``solution`` holds ``y0`` and the state at ``event_t``.
 
     Raises:
         ValueError, TypeError: invalid input (the message names the fix).
         SolverError: the solve could not finish (step-size underflow, too many steps, NaN/Inf).
     """
-    return solve(func, y0, t, rtol, atol, method, options, gradient=gradient, params=params).ys
+    sol = solve(
+        func,
+        y0,
+        t,
+        rtol,
+        atol,
+        method,
+        options,
+        gradient=gradient,
+        params=params,
+        event_fn=event_fn,
+    )
+    return sol.ys if event_fn is None else (sol.event_t, sol.ys)
 
 
 def solve(
@@ -118,12 +137,86 @@ def solve(
     *,
     gradient: str | GradientMethod = "direct",
     params: Iterable[torch.Tensor] | None = None,
+    event_fn: Callable | None = None,
 ) -> Solution:
-    """Like :func:`odeint`, but return a :class:`Solution` with the accepted grid and statistics."""
+    """Like :func:`odeint`, but return a :class:`Solution` with the accepted grid and statistics
+    (and ``event_t`` when ``event_fn`` is given)."""
+    if event_fn is not None:
+        if not callable(event_fn):
+            raise TypeError(f"event_fn must be callable as event_fn(t, y), got {event_fn!r}")
+        n = len(t)
+        if n != 2:
+            raise ValueError(
+                f"We require len(t) == 2 when in event handling mode, but got len(t)={n}: pass "
+                "t = [t0, t0 + 1] (the second time only gives the direction)"
+            )
+    s = setup(func, y0, t, rtol, atol, method, options, gradient, params)
+    if s.forward is not None:
+        if event_fn is not None:
+            raise ValueError(
+                f"method={s.stats.method!r} runs outside torchmali's loop and has no event "
+                "handling (as in torchdiffeq): use an adaptive method such as 'dopri5'"
+            )
+        return s.forward()
+    if event_fn is None:
+        return s.run(s.problem, s.t_tensor)
+    return solve_event(s, event_fn)
+
+
+@dataclass
+class Setup:
+    """A validated, normalised solve: the problem and everything needed to run it."""
+
+    structure: Structure
+    y0: State
+    y0_flat: torch.Tensor
+    t_tensor: torch.Tensor
+    problem: Problem
+    grad: GradientMethod
+    params: tuple[torch.Tensor, ...]
+    stats: SolveStats
+    #: forward-only methods (``scipy_solver``): the whole solve, outside autograd
+    forward: Callable[[], Solution] | None = None
+
+    def run(self, problem: Problem, t_tensor: torch.Tensor) -> Solution:
+        """Solve ``problem`` with the gradient method; ``t_tensor`` carries time gradients."""
+        ys, record = self.run_flat(problem, t_tensor)
+        ts = torch.tensor(record.ts, dtype=torch.float64) * problem.f.sign
+        ys = self.structure.unflatten(ys.to(self.structure.real_dtype))
+        return Solution(ys=ys, ts=ts, stats=self.stats)
+
+    def run_flat(self, problem: Problem, t_tensor: torch.Tensor) -> tuple[torch.Tensor, StepRecord]:
+        """:meth:`run`, returning the stacked flat outputs and the accepted grid."""
+        grad, stats = self.grad, self.stats
+        f, y0_flat = problem.f, self.y0_flat
+        sign = f.sign
+        s_tensor = t_tensor * sign if sign < 0 else t_tensor
+        time_grad = s_tensor.requires_grad and torch.is_grad_enabled()
+        if time_grad:
+            y0_flat = _shift_start(f, problem.t_out[0], s_tensor[0], y0_flat)
+        outputs, record = grad.run(problem, y0_flat, self.params, stats)
+        if time_grad:
+            outputs = [outputs[0]] + [
+                _shift_output(f, problem.t_out[k], s_tensor[k], y)
+                for k, y in enumerate(outputs)
+                if k
+            ]
+            outputs[0] = self.y0_flat
+        stats.nfe_forward = f.nfe
+        stats.n_accepted = record.n_steps
+        stats.n_rejected += record.n_rejected
+        return torch.stack(outputs), record
+
+
+def setup(func, y0, t, rtol, atol, method, options, gradient, params) -> Setup:
+    """Validate and normalise the inputs of a solve (see :func:`odeint` for the arguments)."""
     structure = Structure.of(y0)
     y0_flat = structure.flatten(y0)
     if not y0_flat.is_floating_point():
-        raise TypeError(f"y0 must be floating point, got {y0_flat.dtype}: use y0.float()")
+        raise TypeError(
+            f"y0 must be a floating point (or complex) tensor, got {structure.dtype}: use "
+            "y0.float() or y0.double()"
+        )
     if not bool(torch.isfinite(y0_flat).all()):
         raise ValueError("y0 contains NaN or Inf values: the initial state must be finite")
     t_tensor, t_list, sign = _check_t(t)
@@ -131,36 +224,49 @@ def solve(
     if method not in SOLVERS:
         raise ValueError(f"unknown method {method!r}; valid methods are {sorted(SOLVERS)}")
     opts = Options.parse(options, SOLVERS[method])
-    tol = _tolerance(structure, rtol, atol, opts)
+    fixed = check_mode(method, SOLVERS[method], opts)
+    tol = _tolerance(structure, rtol, atol, opts, fixed)
     solver = _make_solver(method, opts, tol)
     grad = resolve(gradient)
-    grad.check(solver, opts.step_size is not None)
+    grad.check(solver, fixed)
+    if opts.jump_t and (grad.needs_reversible or grad.name == "symplectic"):
+        raise ValueError(
+            f"options['jump_t'] restarts the solver after every jump (a new derivative just "
+            f"after it), which gradient={grad.name!r} does not differentiate (MALI's exact "
+            "inverse cannot undo it; the symplectic adjoint's stage recursion does not contain "
+            "it): use gradient='checkpoint' (exact too), or step_t instead"
+        )
+    if opts.interp == "cubic" and grad.name == "symplectic":
+        raise ValueError(
+            "options['interp'] = 'cubic' evaluates func once more at the end of a step for each "
+            "interpolated output, which the symplectic adjoint's stage recursion does not "
+            "differentiate: use interp='linear', or gradient='checkpoint' (exact too)"
+        )
     f = RHS(func, structure, sign, seed=_rng_seed(func))
     work = working_dtype(structure.dtype)
     if work != structure.dtype:  # bfloat16 / float16: integrate in float32 (see _precision)
         f.working_dtype, y0_flat = work, y0_flat.to(work)
     problem = Problem(f=f, solver=solver, options=opts, tol=tol, t_out=[sign * v for v in t_list])
     if solver.forward_only:
-        return _forward_only(problem, func, y0_flat, t_tensor, params, grad.name)
+        forward = lambda: _forward_only(problem, func, y0_flat, t_tensor, params, grad.name)  # noqa: E731
+        stats = SolveStats(method=method, gradient=grad.name)
+        return Setup(structure, y0, y0_flat, t_tensor, problem, grad, (), stats, forward)
+    if opts.grid_constructor is not None:
+        problem.grid = constructed_grid(opts.grid_constructor, func, y0, t_tensor, problem)
+    t_dtype = t_tensor.dtype if fixed else torch.promote_types(opts.dtype, structure.real_dtype)
+    problem.callbacks = _callbacks.resolve(
+        func,
+        _callbacks.NAMES,
+        method=method,
+        valid=_callbacks.supported(solver, fixed),
+        sign=sign,
+        t_dtype=t_dtype if t_dtype.is_floating_point else torch.float64,
+        device=structure.device,
+        to_user=structure.unflatten,
+    )
     param_tuple = _params(func, params, grad, f)
     stats = SolveStats(method=method, gradient=grad.name)
-
-    s_tensor = t_tensor * sign if sign < 0 else t_tensor
-    time_grad = s_tensor.requires_grad and torch.is_grad_enabled()
-    if time_grad:
-        y0_flat = _shift_start(f, problem.t_out[0], s_tensor[0], y0_flat)
-    outputs, record = grad.run(problem, y0_flat, param_tuple, stats)
-    if time_grad:
-        outputs = [outputs[0]] + [
-            _shift_output(f, problem.t_out[k], s_tensor[k], y) for k, y in enumerate(outputs) if k
-        ]
-        outputs[0] = structure.flatten(y0).to(work)
-    stats.nfe_forward = f.nfe
-    stats.n_accepted = record.n_steps
-    stats.n_rejected = record.n_rejected
-    ys = structure.unflatten(torch.stack(outputs).to(structure.dtype))
-    ts = torch.tensor(record.ts, dtype=torch.float64) * sign
-    return Solution(ys=ys, ts=ts, stats=stats)
+    return Setup(structure, y0, y0_flat, t_tensor, problem, grad, param_tuple, stats)
 
 
 def _check_t(t) -> tuple[torch.Tensor, list[float], float]:
@@ -191,19 +297,6 @@ def _make_solver(method: str, opts: Options, tol: Tolerance):
     if cls.forward_only:
         check_scipy_options(opts)
         return cls(**opts.solver_options)
-    if not cls.adaptive and opts.step_size is None:
-        raise ValueError(
-            f"method {method!r} is a fixed-grid solver: pass options={{'step_size': h}}, or use an "
-            "adaptive method ('dopri5', 'tsit5', 'bosh3', 'adaptive_heun', 'alf')"
-        )
-    if opts.step_size is not None:
-        defaults = Options()
-        given = [k for k in _ADAPTIVE_ONLY if getattr(opts, k) != getattr(defaults, k)]
-        if given:
-            raise ValueError(
-                f"option(s) {given} only apply to adaptive solves and have no effect with "
-                "options['step_size']: remove them, or remove step_size"
-            )
     if cls.reversible and opts.perturb:
         raise ValueError(
             f"options['perturb'] is not supported with the reversible method={method!r} (its "
@@ -233,18 +326,16 @@ def _forward_only(problem: Problem, func, y0: torch.Tensor, t, params, gradient:
     )
 
 
-def _tolerance(structure: Structure, rtol, atol, opts: Options) -> Tolerance:
+def _tolerance(structure: Structure, rtol, atol, opts: Options, fixed: bool) -> Tolerance:
     values = {}
-    work = working_dtype(structure.dtype)
+    work = working_dtype(structure.real_dtype)
     for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            raise ValueError(f"{name} cannot require gradient: pass {name}.detach()")
         v = structure.per_tensor(tolerance_values(value, name), name)
         values[name] = v.to(work) if isinstance(v, torch.Tensor) else v
-    check_tolerances(values["rtol"], values["atol"], structure.dtype, opts.step_size is None)
-    norm = rms_norm
-    if opts.norm is not None:
-        user_norm = opts.norm
-        norm = lambda x: user_norm(structure.unflatten(x))  # noqa: E731
-    return Tolerance(rtol=values["rtol"], atol=values["atol"], norm=norm)
+    check_tolerances(values["rtol"], values["atol"], structure.dtype, not fixed)
+    return make_tolerance(structure, values["rtol"], values["atol"], opts.norm)
 
 
 def _params(func, params, grad: GradientMethod, f: RHS) -> tuple[torch.Tensor, ...]:

@@ -20,12 +20,13 @@ def odeint_adjoint(
     method: str | None = None,
     options: dict[str, Any] | None = None,
     *,
+    event_fn: Callable | None = None,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
     adjoint_method: str | None = None,
     adjoint_options: dict[str, Any] | None = None,
     adjoint_params: Iterable[torch.Tensor] | None = None,
-) -> State:
+) -> State | tuple[torch.Tensor, State]:
     """A drop-in replacement for ``torchdiffeq.odeint_adjoint`` (the backsolve adjoint).
 
     Equivalent to ``odeint(..., gradient=Adjoint(adjoint_rtol, adjoint_atol, adjoint_method,
@@ -45,6 +46,8 @@ def odeint_adjoint(
         atol: absolute tolerance of the forward solve.
         method: solver of the forward solve (default ``"dopri5"``).
         options: solver options of the forward solve.
+        event_fn: integrate until ``event_fn(t, y)`` changes sign (see :func:`torchmali.odeint`);
+            returns ``(event_t, solution)``. The backward solve starts at the event time.
         adjoint_rtol: relative tolerance of the backward solve (default ``rtol``; a number).
         adjoint_atol: absolute tolerance of the backward solve (default ``atol``; a number).
         adjoint_method: solver of the backward solve (default ``method``).
@@ -54,17 +57,38 @@ def odeint_adjoint(
             module).
 
     Returns:
-        The solution at every time in ``t``, stacked along a new leading dimension.
+        The solution at every time in ``t``, stacked along a new leading dimension
+        (``(event_t, solution)`` with ``event_fn``).
 
     Raises:
         ValueError, TypeError: invalid input (the message names the fix).
         SolverError: the forward or backward solve could not finish.
     """
+    if (
+        adjoint_method is not None
+        and adjoint_method != method
+        and options is not None
+        and adjoint_options is None
+    ):
+        raise ValueError(
+            "If `adjoint_method != method` then we cannot infer `adjoint_options` from "
+            "`options`. So as `options` has been passed then `adjoint_options` must be passed "
+            "as well."
+        )
     gradient = Adjoint(
         rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method, options=adjoint_options
     )
     # adjoint_params is validated by odeint's params= (``adjoint_params=3`` is a TypeError
     # naming the fix, not "'int' object is not iterable")
     return odeint(
-        func, y0, t, rtol, atol, method, options, gradient=gradient, params=adjoint_params
+        func,
+        y0,
+        t,
+        rtol,
+        atol,
+        method,
+        options,
+        gradient=gradient,
+        params=adjoint_params,
+        event_fn=event_fn,
     )

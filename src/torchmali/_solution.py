@@ -74,8 +74,10 @@ class Solution:
             for a tuple state); the same as what :func:`torchmali.odeint` returns.
         ts: the accepted step times (float64, in the direction of ``t``), ``ts[0] == t[0]``.
         stats: a :class:`SolveStats`.
+        event_t: with ``event_fn=``: the event time (in the dtype of ``t``), else ``None``.
     """
 
     ys: torch.Tensor | tuple[torch.Tensor, ...]
     ts: torch.Tensor
     stats: SolveStats
+    event_t: torch.Tensor | None = None

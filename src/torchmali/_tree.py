@@ -12,10 +12,12 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Structure:
-    """The structure of the user's state: one tensor, or a tuple of tensors.
+    """The structure of the user's state: one tensor, or a tuple of tensors, real or complex.
 
-    Solvers always see one tensor: the state itself for a single tensor (no copy), or the
-    concatenation of the flattened members of a tuple.
+    Solvers always see one real tensor: the state itself for a single real tensor (no copy), its
+    real view ``torch.view_as_real`` (shape ``(*shape, 2)``, no copy) for a single complex tensor,
+    or the concatenation of the flattened (real views of the) members of a tuple. 0-dim tensors
+    and tuples of 0-dim tensors are states like any other.
     """
 
     is_tuple: bool
@@ -45,21 +47,45 @@ class Structure:
         return Structure(True, tuple(y.shape for y in y0), y0[0].dtype, y0[0].device)
 
     @property
+    def is_complex(self) -> bool:
+        return self.dtype.is_complex
+
+    @property
+    def real_dtype(self) -> torch.dtype:
+        """The dtype the solvers work in (and of the time passed to ``func``)."""
+        return self.dtype.to_real() if self.dtype.is_complex else self.dtype
+
+    @property
     def numels(self) -> tuple[int, ...]:
-        return tuple(s.numel() for s in self.shapes)
+        """Elements of each member in the solvers' (real) layout."""
+        per = 2 if self.is_complex else 1
+        return tuple(per * s.numel() for s in self.shapes)
 
     def flatten(self, ys: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         if not self.is_tuple:
-            return ys
+            return torch.view_as_real(ys) if self.is_complex else ys
+        if self.is_complex:
+            return torch.cat([torch.view_as_real(y).reshape(-1) for y in ys])
         return torch.cat([y.reshape(-1) for y in ys])
 
     def unflatten(self, y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Inverse of ``flatten``; leading dimensions (e.g. stacked times ``[T, n]``) are kept."""
         if not self.is_tuple:
-            return y
+            return _as_complex(y) if self.is_complex else y
         parts = torch.split(y, self.numels, dim=-1)
-        lead = y.shape[:-1]
-        return tuple(p.reshape(*lead, *s) for p, s in zip(parts, self.shapes, strict=True))
+        lead = tuple(y.shape[:-1])
+        if self.is_complex:
+            return tuple(
+                _as_complex(p.reshape((*lead, *s, 2)))
+                for p, s in zip(parts, self.shapes, strict=True)
+            )
+        return tuple(p.reshape((*lead, *s)) for p, s in zip(parts, self.shapes, strict=True))
+
+    def members(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The flat (real) pieces of ``y`` belonging to each member (one piece for a tensor)."""
+        if not self.is_tuple:
+            return (y,)
+        return torch.split(y, self.numels, dim=-1)
 
     def per_tensor(self, value, name: str) -> torch.Tensor | float:
         """Expand a per-tensor tolerance (one number per tuple member) to the flat layout."""
@@ -77,10 +103,18 @@ class Structure:
             return values[0]
         return torch.cat(
             [
-                torch.full((n,), v, dtype=self.dtype, device=self.device)
+                torch.full((n,), v, dtype=self.real_dtype, device=self.device)
                 for v, n in zip(values, self.numels, strict=True)
             ]
         )
+
+
+def _as_complex(x: torch.Tensor) -> torch.Tensor:
+    """``torch.view_as_complex``, copying first when the layout does not allow a view."""
+    try:
+        return torch.view_as_complex(x)
+    except RuntimeError:
+        return torch.view_as_complex(x.contiguous())
 
 
 def module_of(func: Callable) -> nn.Module | None:
@@ -128,13 +162,21 @@ class RHS:
 
     @property
     def eval_dtype(self) -> torch.dtype:
-        """The dtype ``func`` computes in (the user's; the solver's state may be wider)."""
-        return self.structure.dtype
+        """The (real) dtype ``func`` computes in (the user's; the solver's state may be wider)."""
+        return self.structure.real_dtype
 
-    def time(self, t: float) -> torch.Tensor:
-        return torch.scalar_tensor(
-            self.sign * t, dtype=self.structure.dtype, device=self.structure.device
-        )
+    def time(self, t: float, perturb: int = 0) -> torch.Tensor:
+        """``t`` in the user's time, a 0-dim tensor of the state's real dtype.
+
+        ``perturb = +1`` (``-1``) gives the next (previous) representable time in the solver's
+        (increasing) time: torchdiffeq's ``Perturb.NEXT`` (``PREV``).
+        """
+        st = self.structure
+        out = torch.scalar_tensor(self.sign * t, dtype=st.real_dtype, device=st.device)
+        if perturb:
+            towards = torch.full_like(out, math.inf if perturb * self.sign > 0 else -math.inf)
+            out = torch.nextafter(out, towards)
+        return out
 
     def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
         """``dy/dt`` at solver time ``t`` (flat).
@@ -153,11 +195,7 @@ class RHS:
         work = self.working_dtype
         if work is not None:
             y = y.to(st.dtype)
-        time = self.time(t)
-        if perturb:  # the neighbouring representable time, in the state's real dtype
-            real = time.real if time.is_complex() else time
-            towards = torch.full_like(real, math.inf if perturb * self.sign > 0 else -math.inf)
-            time = torch.nextafter(real, towards).to(time.dtype)
+        time = self.time(t, perturb)
         if self.seed is None:
             out = self.func(time, st.unflatten(y))
         else:

@@ -12,23 +12,39 @@ import torch
 from ._options import Options
 
 
-def fixed_grid(t_out: Sequence[float], h: float, extra: Sequence[float] = ()) -> list[float]:
-    """The grid ``t0 + i h`` merged with every output time (and ``extra`` times).
+def fixed_grid(
+    t_out: Sequence[float], h: float, extra: Sequence[float] = (), *, land: bool = True
+) -> list[float]:
+    """The grid of a fixed step ``h`` from ``t_out[0]`` to ``t_out[-1]`` (increasing times).
 
-    Every output time and the final time are grid points, so fixed-grid solvers land exactly on
-    them (with ``h = 0.3`` and ``t = [0, 1]`` the answer is ``y(1)``, not ``y(0.9)``). A regular
-    point closer than ``1e-3 h`` to an output time is dropped instead of making a sliver step
+    The regular points are torchdiffeq's: ``t0 + i h`` for ``i = 1, ..., ceil((t1 - t0)/h + 1) - 2``
+    (the last point is ``t1`` itself, so with ``h = 0.3`` and ``t = [0, 1]`` the grid is
+    ``0, 0.3, 0.6, 0.9, 1``). A regular point within round-off of ``t1`` is ``t1``.
+
+    ``extra`` times (``step_t``) inside the interval are added to the grid; with ``land=True``
+    every output time is too (for solvers that cannot interpolate inside a step), and a regular
+    point closer than ``1e-3 h`` to an added time is dropped instead of making a sliver step
     (float32 output times such as 0.6 are ~2e-8 away from ``60 * 0.01``).
+
+    The caller checks the number of steps, ``(t1 - t0) / h``, before calling: the list is built
+    in full.
     """
     t0, t1 = t_out[0], t_out[-1]
-    stops = sorted({*t_out, *(t for t in extra if t0 < t < t1)})
-    n = math.ceil((t1 - t0) / h)
+    added = {t for t in extra if t0 < t < t1}
+    if land:
+        added.update(t_out)
+    stops = sorted({t0, t1, *added})
+    near = stops if land else sorted(added)
+    n = math.ceil((t1 - t0) / h + 1) - 1
+    fuzz = 8 * math.ulp(max(abs(t0), abs(t1)))
     regular = []
     for i in range(1, n):
-        p = t0 + i * h
-        j = bisect.bisect_left(stops, p)
-        near = [stops[k] for k in (j - 1, j) if 0 <= k < len(stops)]
-        if all(abs(p - s) > 1e-3 * h for s in near):
+        p = i * h + t0
+        if p >= t1 - fuzz:
+            break
+        j = bisect.bisect_left(near, p)
+        close = [near[k] for k in (j - 1, j) if 0 <= k < len(near)]
+        if all(abs(p - s) > 1e-3 * h for s in close):
             regular.append(p)
     return sorted([*stops, *regular])
 

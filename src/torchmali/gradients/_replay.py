@@ -63,8 +63,9 @@ def autograd_step_vjp(
         cot_state1: the cotangent of the solver state at ``t0 + h``, with its structure
             (``None`` for zero, or ``None`` entries).
         outputs: ``(t_k, cotangent of y(t_k))`` for every requested output in ``(t0, t0 + h]``;
-            ``t_k == t0 + h`` means the step's end ``y1``, otherwise ``y(t_k)`` is the solver's
-            interpolation of this step.
+            ``t_k == t0 + h`` means the step's end ``y1``, otherwise ``y(t_k)`` is
+            ``problem.interpolate`` of this step (dense output, or a fixed grid's linear/cubic
+            interpolation).
         params: the tensors to differentiate.
 
     Returns:
@@ -83,7 +84,7 @@ def autograd_step_vjp(
             if t_k == t0 + h:
                 outs.append(result.y1)
             else:
-                outs.append(problem.solver.interpolate(t0, h, y_in, result, t_k))
+                outs.append(problem.interpolate(t0, h, y_in, result, t_k))
             cots.append(c)
     s_leaves = _state.leaves(s_in)
     grads = vjp(outs, (y_in, *s_leaves, *params), cots)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .. import _callbacks
 from .._loop import Problem, StepRecord, integrate
 from .._options import Options
 from .._solution import SolveStats
@@ -65,8 +66,10 @@ class Adjoint(SweepMethod):
             ``"mixed"`` (default: the maximum of the RMS norms of the ``z``, ``a`` and ``θ̄``
             parts), ``"seminorm"`` (Kidger, Chen & Lyons, 2021: the ``θ̄`` part is left out of
             error control, which saves backward evaluations at no cost in accuracy), or a
-            callable ``norm(scaled_error) -> scalar`` over the flat augmented state
-            ``cat([z, a, θ̄])``. With a fixed-grid backward solve at the forward step size the
+            callable ``norm(scaled_error) -> scalar`` called as torchdiffeq calls it, with the
+            tuple ``(t_adj, *y, *adj_y, *adj_params)`` (``y`` and ``adj_y`` the members of
+            the state's structure; ``t_adj`` a 0-dim zero: the time adjoint is not
+            integrated, so its error is 0). With a fixed-grid backward solve at the forward step size the
             forward grid is replayed in reverse.
 
     No double backward (use ``"direct"``).
@@ -129,15 +132,9 @@ class Adjoint(SweepMethod):
             raise ValueError(f"invalid adjoint options: {e}") from e
 
     def check(self, solver: Solver, problem_is_fixed: bool) -> None:
-        cls = SOLVERS[self.method] if self.method is not None else type(solver)
-        opts, _ = self._parsed_options()
-        has_step = problem_is_fixed if opts is None else opts.step_size is not None
-        if not cls.adaptive and not has_step:
-            raise ValueError(
-                f"the adjoint method {cls.name!r} is a fixed-grid solver: pass "
-                "Adjoint(options={'step_size': h}) (adjoint_options= in odeint_adjoint), or an "
-                "adaptive adjoint method"
-            )
+        # A fixed-grid adjoint method without step_size steps on each segment between output
+        # times (torchdiffeq's behaviour); nothing to refuse.
+        self._parsed_options()
 
     def tape(self, problem: Problem, stats: SolveStats) -> _AdjointTape:
         return _AdjointTape(self, problem, stats)
@@ -204,9 +201,11 @@ class _AugmentedRHS(RHS):
 
     def __init__(self, f: RHS, params: tuple[torch.Tensor, ...], shape: torch.Size) -> None:
         n_z = shape.numel()
-        n = 2 * n_z + sum(p.numel() for p in params)
+        n = 2 * n_z + sum(_real_numel(p) for p in params)
         st = f.structure
-        super().__init__(f.func, Structure(False, (torch.Size([n]),), st.dtype, st.device), -f.sign)
+        super().__init__(
+            f.func, Structure(False, (torch.Size([n]),), st.real_dtype, st.device), -f.sign
+        )
         self.f, self.params, self.shape, self.n_z = f, params, shape, n_z
 
     def __call__(self, t: float, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
@@ -224,9 +223,9 @@ class _AugmentedRHS(RHS):
         parts = [-fz.detach().reshape(-1)]
         for g, x in zip(vjps, inputs, strict=True):
             if g is None:
-                parts.append(torch.zeros(x.numel(), dtype=dtype, device=y.device))
+                parts.append(torch.zeros(_real_numel(x), dtype=dtype, device=y.device))
             else:
-                parts.append(g.reshape(-1).to(dtype))
+                parts.append(_real_flat(g).to(dtype))
         return torch.cat(parts)
 
 
@@ -235,13 +234,17 @@ def _backsolve(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     problem, record = tape.problem, tape.record
     shape, n_z = ys.shape[1:], ys[0].numel()
-    sizes = [p.numel() for p in params]
+    sizes = [_real_numel(p) for p in params]
     solver, opts, tol = tape.method._backward_setup(problem, n_z, sum(sizes))
+    _, norm = tape.method._parsed_options()
+    if callable(norm):  # the user's norm, called as torchdiffeq calls it
+        tol = replace(tol, norm=_user_norm(norm, problem.f.structure, shape, n_z, params))
     replay = problem.fixed and opts.step_size == problem.options.step_size
     aug = _AugmentedRHS(problem.f, tuple(params), shape)
     t_out, sign = problem.t_out, problem.f.sign
     a = grad_ys[-1].reshape(-1)
     theta = torch.zeros(sum(sizes), dtype=ys.dtype, device=ys.device)
+    callbacks: Any = _UNSET
     for k in range(len(t_out) - 1, 0, -1):
         s1, s0 = t_out[k], t_out[k - 1]
         seg_opts = opts
@@ -249,11 +252,72 @@ def _backsolve(
             inner = tuple(sign * t for t in reversed(record.ts) if s0 < t < s1)
             seg_opts = replace(opts, step_size=s1 - s0, step_t=inner)
         seg = Problem(f=aug, solver=solver, options=seg_opts, tol=tol, t_out=[-s1, -s0])
+        if callbacks is _UNSET:
+            callbacks = _adjoint_callbacks(problem, seg, aug, params, shape, n_z)
+        seg.callbacks = callbacks
         x = torch.cat([ys[k].reshape(-1), a, theta])
         _, x, _, _ = integrate(seg, x, solver.init(aug, -s1, x))
         a = x[n_z : 2 * n_z] + grad_ys[k - 1].reshape(-1)
         theta = x[2 * n_z :]
-    grads = [
-        g.view_as(p).to(p.dtype) for g, p in zip(torch.split(theta, sizes), params, strict=True)
-    ]
+    grads = [_from_real(g, p) for g, p in zip(torch.split(theta, sizes), params, strict=True)]
     return a.view(shape), grads
+
+
+_UNSET = object()
+
+
+def _adjoint_callbacks(problem, seg, aug, params, shape, n_z):
+    """``func``'s ``callback_*_adjoint`` for the backward solve, called as torchdiffeq calls them
+    with the augmented state ``(y, adj_y, *adj_params)`` in the user's structure."""
+    st = problem.f.structure
+    sizes = [_real_numel(p) for p in params]
+
+    def to_user(x: torch.Tensor) -> tuple:
+        z, a = x[:n_z].view(shape), x[n_z : 2 * n_z].view(shape)
+        thetas = torch.split(x[2 * n_z :], sizes) if sizes else ()
+        return (
+            st.unflatten(z),
+            st.unflatten(a),
+            *(_from_real(g, p) for g, p in zip(thetas, params, strict=True)),
+        )
+
+    return _callbacks.resolve(
+        problem.f.func,
+        _callbacks.ADJOINT_NAMES,
+        method=seg.solver.name,
+        valid=_callbacks.supported(seg.solver, seg.fixed),
+        sign=aug.sign,
+        t_dtype=torch.float64,
+        device=st.device,
+        to_user=to_user,
+    )
+
+
+# Complex parameters travel in the augmented (real) state as their real views: (re, im) pairs.
+def _real_numel(x: torch.Tensor) -> int:
+    return 2 * x.numel() if x.is_complex() else x.numel()
+
+
+def _real_flat(g: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(g).reshape(-1) if g.is_complex() else g.reshape(-1)
+
+
+def _from_real(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    if p.is_complex():
+        return torch.view_as_complex(g.reshape(*p.shape, 2).contiguous()).to(p.dtype)
+    return g.view_as(p).to(p.dtype)
+
+
+def _user_norm(norm, st, shape, n_z, params):
+    """A user's adjoint norm, called with torchdiffeq's tuple ``(t_adj, *y, *adj_y, *params)``."""
+    sizes = [_real_numel(p) for p in params]
+
+    def call(x: torch.Tensor):
+        ys, adj = st.unflatten(x[:n_z].view(shape)), st.unflatten(x[n_z : 2 * n_z].view(shape))
+        ys, adj = (ys, adj) if st.is_tuple else ((ys,), (adj,))
+        thetas = torch.split(x[2 * n_z :], sizes) if sizes else ()
+        t_adj = torch.zeros((), dtype=x.dtype, device=x.device)
+        p = (_from_real(g, q) for g, q in zip(thetas, params, strict=True))
+        return norm((t_adj, *ys, *adj, *p))
+
+    return call

@@ -90,7 +90,7 @@ def symplectic_step_vjp(
     cot_y1 = cot_y1.clone()
     inside = []
     for tk, g in outputs:
-        if _at_end(solver, t0, h, tk):
+        if _at_end(problem, t0, h, tk):
             cot_y1.add_(g)
         else:
             inside.append((tk, g))
@@ -145,10 +145,11 @@ def _acc(kbar: list, j: int, value: torch.Tensor, coeff: float) -> None:
         kbar[j].add_(value, alpha=coeff)
 
 
-def _at_end(solver: Solver, t0: float, h: float, tk: float) -> bool:
+def _at_end(problem, t0: float, h: float, tk: float) -> bool:
     """Whether output time ``tk`` is the step's end point (``t0 + h`` up to the rounding of
-    ``h = t1 - t0``); a solver without dense output only has outputs there."""
-    if not solver.dense_output:
+    ``h = t1 - t0``); a solve that lands on its outputs only has outputs there (fixed grids
+    of non-reversible solvers interpolate between their points, as in torchdiffeq)."""
+    if problem.interp_mode == "land":
         return True
     t1 = t0 + h
     return abs(tk - t1) <= 4 * math.ulp(max(abs(t0), abs(t1)))
@@ -205,7 +206,7 @@ def _dense_vjp(problem, t0, h, y0, state0, ks, inside, kbar, first) -> torch.Ten
         stage = iter(leaves[first:])
         result = solver.step(lambda t, x, **kw: next(stage), t0, h, y_in, leaves[0] if first else None,
                              with_error=False)  # fmt: skip
-        ys = [solver.interpolate(t0, h, y_in, result, tk) for tk, _ in inside]
+        ys = [problem.interpolate(t0, h, y_in, result, tk) for tk, _ in inside]
     y_bar, *k_bars = vjp(ys, (y_in, *leaves), [g for _, g in inside])
     for j, g in enumerate(k_bars):
         _acc(kbar, j, g, 1.0)
