@@ -77,12 +77,21 @@ class ButcherTableau:
 
 
 def lincomb(y0: torch.Tensor, h: float, coeffs: Sequence[float], ks: Sequence[torch.Tensor]):
-    """Return ``y0 + h * sum(coeffs[j] * ks[j])``, skipping zero coefficients."""
-    out = y0
-    for a, k in zip(coeffs, ks, strict=False):
-        if a != 0.0:
-            out = torch.add(out, k, alpha=h * a)
-    return out
+    """Return ``y0 + h * sum(coeffs[j] * ks[j])``, skipping zero coefficients.
+
+    The increment is summed first and added to ``y0`` once (as torchdiffeq does): adding each
+    stage to ``y0`` separately rounds the state once per stage, which in float32 drifts a slowly
+    changing state measurably (an event time off by 1e-4 relative with rk4 at h = 0.01)."""
+    terms = [(h * a, k) for a, k in zip(coeffs, ks, strict=False) if a != 0.0]
+    if not terms:
+        return y0
+    if len(terms) == 1:
+        return torch.add(y0, terms[0][1], alpha=terms[0][0])
+    (c, k), *rest = terms
+    inc = k * c
+    for c, k in rest:
+        inc = torch.add(inc, k, alpha=c)
+    return y0 + inc
 
 
 def quartic(
