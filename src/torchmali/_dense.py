@@ -141,6 +141,7 @@ class DenseOutput:
             grid=grid[: bisect.bisect_left(grid, times[-1]) + 1] if times else [grid[0]],
             interp=s.problem.interp_mode,
             callbacks=None,
+            replays_adaptive=s.problem.adaptive_steps,
         )
         sign = s.problem.f.sign
         t_user = torch.tensor([sign * v for v in replay.t_out], dtype=torch.float64)

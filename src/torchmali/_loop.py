@@ -46,6 +46,9 @@ class Problem:
             earlier solve's accepted steps); ``None`` to derive it from the options.
         interp: force the :attr:`interp_mode` (replays keep the mode of the solve they replay).
         callbacks: the user's step callbacks (see :mod:`torchmali._callbacks`), or ``None``.
+        replays_adaptive: ``grid`` is the accepted grid of an adaptive solve (events, dense
+            output): its steps are taken as the adaptive solve took them (:attr:`adaptive_steps`),
+            so the replay reproduces its values bit for bit.
     """
 
     f: RHS
@@ -56,6 +59,7 @@ class Problem:
     grid: list[float] | None = None
     interp: str | None = None
     callbacks: Callbacks | None = None
+    replays_adaptive: bool = False
 
     @property
     def fixed(self) -> bool:
@@ -67,6 +71,12 @@ class Problem:
             or o.grid_constructor is not None
             or not self.solver.adaptive
         )
+
+    @property
+    def adaptive_steps(self) -> bool:
+        """Whether steps are taken as an adaptive solve takes them: with the error estimate and
+        its ``perturb=`` hints (stages at a step's end evaluated just before it)."""
+        return not self.fixed or self.replays_adaptive
 
     @property
     def interp_mode(self) -> str:
@@ -90,7 +100,7 @@ class Problem:
         A step ending on a ``jump_t`` time restarts the solver there (:meth:`restart`), so
         every replay of the step differentiates the restart too.
         """
-        result = self.solver.step(self.f, t0, h, y, state, with_error=not self.fixed)
+        result = self.solver.step(self.f, t0, h, y, state, with_error=self.adaptive_steps)
         jump = self.jump_at(t0, h)
         return result if jump is None else self.restart(jump, result)
 

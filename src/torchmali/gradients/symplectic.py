@@ -178,7 +178,7 @@ def _recompute_stages(problem, t0, h, y0, state0, keep_values):
         return k
 
     with torch.no_grad():
-        problem.solver.step(capture, t0, h, y0, state0, with_error=False)
+        problem.solver.step(capture, t0, h, y0, state0, with_error=problem.adaptive_steps)
     if len(calls) != expected:
         raise RuntimeError(
             f"gradient='symplectic': solver {problem.solver.name!r} evaluated func {len(calls)} "
