@@ -162,8 +162,9 @@ def _direct(
     """The gradient of the case's loss by torchmali's direct backprop in ``dtype``, and the states
     the loss reads (float64).
 
-    ``grid`` replays an accepted grid exactly (a fixed-step solve whose output times are the grid);
-    otherwise ``kwargs`` (``rtol``/``atol`` or ``options``) configure the solve.
+    ``grid`` replays an accepted grid exactly (the same method on the fixed grid ``grid``, given by
+    ``grid_constructor``, with every grid point an output time, so that no output is
+    interpolated); otherwise ``kwargs`` (``rtol``/``atol`` or ``options``) configure the solve.
     """
     import torchmali
 
@@ -172,7 +173,7 @@ def _direct(
     t = problem.t
     if grid is not None:
         t = grid.to(device=case.device)
-        kwargs = {"options": {"step_size": workload.t1 - float(problem.t[0])}}
+        kwargs = {"options": {"grid_constructor": lambda func, y0, times: times}}
     ys = torchmali.odeint(problem.func, problem.y0, t, method=method, gradient="direct", **kwargs)
     if grid is not None:  # keep the states at the workload's output times
         ys = ys[_grid_indices(grid, problem.t)]

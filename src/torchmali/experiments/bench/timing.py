@@ -40,6 +40,10 @@ __all__ = ["TIMING_MMAP_THRESHOLD", "group_key", "needs_forward_sweep", "time_gr
 TIMING_MMAP_THRESHOLD = 32 * 1024 * 1024
 #: Short calls are repeated (up to five times ``repeats``) until they add up to this many seconds.
 MIN_TIMED_S = 0.2
+#: Groups judged against a reversible method's floor (a 5% margin, on calls of 10-200 ms whose
+#: single rounds vary by up to 30% on a shared machine) are timed for longer: up to ten times
+#: ``repeats`` rounds, until every call adds up to this many seconds.
+MIN_TIMED_FLOOR_S = 1.0
 
 
 def _call(problem: Problem, forward: Callable) -> None:
@@ -115,9 +119,12 @@ def _time_group(cases: Sequence[Case]) -> list[dict[str, Any]]:
     wall: list[list[float]] = [[] for _ in entries]
     cpu: list[list[float]] = [[] for _ in entries]
 
+    floor = len(entries) > len(cases)  # a forward sweep was added: a floor ratio is judged
+    budget, most = (MIN_TIMED_FLOOR_S, 10) if floor else (MIN_TIMED_S, 5)
+
     def wanted(i: int) -> bool:
         n, reps = len(wall[i]), entries[i].repeats
-        return n < reps or (sum(wall[i]) < MIN_TIMED_S and n < 5 * reps)
+        return n < reps or (sum(wall[i]) < budget and n < most * reps)
 
     rounds = 0
     while any(wanted(i) for i in range(len(entries))):
