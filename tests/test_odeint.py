@@ -7,7 +7,8 @@ import torch
 
 import torchmali
 from conftest import ADAPTIVE, ALL_SOLVERS, lotka_volterra, lotka_volterra_reference, make_linear
-from torchmali.solvers import ALF, RungeKutta
+from torchmali.solvers import ALF, SOLVERS, ReversibleHeun, ReversibleRK, RungeKutta
+from torchmali.solvers.reversible_rk import _tableau_of
 from torchmali.step_size import rms_norm
 
 # ---------------------------------------------------------------------------------------------
@@ -224,9 +225,14 @@ class Counted:
 
 
 def _fixed_nfe(cls, n: int) -> int | None:
-    """Evaluations of a fixed-grid solve of n steps, from the method's definition."""
-    if cls is ALF:
-        return n + 1  # v0 = f(t0, z0), then one evaluation per step
+    """Evaluations of a fixed-grid solve of n steps, from the method's definition (``None``: the
+    count is not fixed by the definition — implicit solvers iterate to a tolerance, Adams
+    methods bootstrap their history)."""
+    if cls is ALF or cls is ReversibleHeun:
+        return n + 1  # f at the initial point, then one evaluation per step
+    if cls is ReversibleRK:  # two base steps per step; a FSAL base skips its last stage
+        tab = _tableau_of(SOLVERS[cls().base])
+        return 2 * (tab.stages - tab.fsal) * n
     if issubclass(cls, RungeKutta):
         tab = cls.tableau
         init = 1 if cls.adaptive else 0  # adaptive RK methods evaluate f(t0, y0) up front
@@ -236,17 +242,29 @@ def _fixed_nfe(cls, n: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("method", ALL_SOLVERS)
+COUNTED = [m for m in ALL_SOLVERS if _fixed_nfe(torchmali.SOLVERS[m], 10) is not None]
+UNCOUNTED = sorted(set(ALL_SOLVERS) - set(COUNTED))
+
+
+@pytest.mark.parametrize("method", UNCOUNTED)
+def test_fixed_grid_statistics_count_every_evaluation(method, linear, recwarn):
+    """Where the count has no closed form, the stats still count every call of func."""
+    f = Counted(linear.f)
+    sol = torchmali.solve(f, linear.y0, [0.0, 1.0], method=method, options={"step_size": 0.1})
+    assert sol.stats.n_accepted == 10 and sol.stats.n_rejected == 0
+    assert sol.stats.nfe_forward == f.calls >= 10
+
+
+@pytest.mark.parametrize("method", COUNTED)
 def test_fixed_grid_statistics(method, linear):
     cls = torchmali.SOLVERS[method]
     expected = _fixed_nfe(cls, 10)
-    if expected is None:
-        pytest.skip(f"no evaluation-count formula for {cls.__name__}")
     f = Counted(linear.f)
     sol = torchmali.solve(f, linear.y0, [0.0, 1.0], method=method, options={"step_size": 0.1})
     assert sol.stats.n_accepted == 10 and sol.stats.n_rejected == 0
     assert sol.stats.nfe_forward == f.calls == expected
     named = {"euler": 10, "midpoint": 20, "heun": 20, "rk4": 40, "alf": 11, "dopri5": 61}
+    named |= {"reversible_heun": 11, "reversible_rk": 120}  # dopri5 base: 2 x 6 per step
     if method in named:
         assert expected == named[method]
 
