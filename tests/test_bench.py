@@ -174,16 +174,21 @@ def test_adapters_agree_with_the_reference(refs, library, gradient, method):
     _check(record, 1e-1 if gradient == "adjoint" else 1e-5)
 
 
+@pytest.mark.parametrize("workload, rtol", [("decay", 1e-4), ("mlp-times", 1e-6)])
 @pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
-def test_adaptive_grid_is_replayed(tmp_path, gradient):
-    """The same-grid references of an adaptive run replay its accepted grid step for step: direct
-    backprop's own gradient equals them (decay, T = 10: a replay that took another grid — one
-    step of the whole interval — was off by 100%)."""
-    case = Case("torchmali", gradient, "dopri5", "decay", rtol=1e-4, atol=1e-4, repeats=1)
+def test_adaptive_grid_is_replayed(tmp_path, gradient, workload, rtol):
+    """The same-grid references of an adaptive run replay its accepted grid step for step, as the
+    adaptive solve stepped it: direct backprop's own gradient equals the float32 one exactly
+    (decay, T = 10: a replay that took another grid, one step of the whole interval, was off by
+    100%; mlp-times has a time input and outputs inside steps, where a fixed-grid replay's stage
+    times and interpolation differ)."""
+    case = Case("torchmali", gradient, "dopri5", workload, rtol=rtol, atol=rtol, repeats=1)
     record = measure(case, tmp_path)
     assert record["status"] == "ok", record.get("note")
-    assert record["n_steps"] >= 5 and record["mode"] == "adaptive"
-    assert record["grad_rel_error_direct"] < (1e-12 if gradient == "direct" else 1e-6)
+    assert record["n_steps"] >= 3 and record["mode"] == "adaptive"
+    if gradient == "direct":
+        assert record["grad_rel_error_direct"] == 0.0
+    assert record["grad_rel_error_direct"] < 1e-6
     assert record["grad_rel_error_discrete"] < 1e-5
 
 

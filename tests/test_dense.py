@@ -99,3 +99,29 @@ def test_errors():
         dense(1.5)
     with pytest.raises(ValueError, match="0-dim or 1-D"):
         dense(torch.zeros(2, 2, dtype=DT))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "alf"])
+@pytest.mark.parametrize("field", [Field, BitField])
+def test_solve_on_grid_replays_an_adaptive_solve_bit_for_bit(method, field):
+    """``solve_on_grid`` (the bench's same-grid reference) steps the accepted grid as the adaptive
+    solve did: the same values (outputs inside steps interpolated as before), and another
+    gradient method's gradient of that same discrete solve."""
+    from torchmali._odeint import solve_on_grid
+
+    y0 = torch.tensor([0.5, -1.0], dtype=DT)
+    t = torch.tensor([0.0, 0.7, 1.3, 2.0], dtype=DT)
+    with torch.no_grad():
+        sol = torchmali.solve(field(), y0, t, rtol=1e-6, atol=1e-8, method=method)
+        again = solve_on_grid(field(), y0, t, sol.ts, 1e-6, 1e-8, method)
+    assert torch.equal(again.ys, sol.ys) and torch.equal(again.ts, sol.ts)
+    assert again.stats.n_accepted == sol.stats.n_accepted and again.stats.n_rejected == 0
+    f, g = field(), field()
+    direct = torchmali.solve(f, y0, t, rtol=1e-6, atol=1e-8, method=method)
+    gradient = "mali" if method == "alf" else "checkpoint"
+    replay = solve_on_grid(g, y0, t, direct.ts, 1e-6, 1e-8, method, gradient=gradient)
+    (a,) = torch.autograd.grad(direct.ys.square().sum(), f.W)
+    (b,) = torch.autograd.grad(replay.ys.square().sum(), g.W)
+    assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="accepted grid"):
+        solve_on_grid(field(), y0, t, sol.ts[1:], 1e-6, 1e-8, method)

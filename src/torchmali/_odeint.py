@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -161,6 +161,43 @@ def solve(
     if event_fn is None:
         return s.run(s.problem, s.t_tensor)
     return solve_event(s, event_fn)
+
+
+def solve_on_grid(
+    func: Callable,
+    y0: State,
+    t: torch.Tensor | Sequence[float],
+    grid: torch.Tensor | Sequence[float],
+    rtol: float | Sequence[float] = 1e-7,
+    atol: float | Sequence[float] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    *,
+    gradient: str | GradientMethod = "direct",
+    params: Iterable[torch.Tensor] | None = None,
+) -> Solution:
+    """Replay an adaptive solve on its accepted grid (``Solution.ts`` of an earlier call with the
+    same arguments), stepping exactly as it did: the same steps, stage times and hints, outputs
+    inside steps by the same interpolation, no error control. The values equal the adaptive
+    solve's bit for bit; used to differentiate one discrete solve in another dtype or with another
+    gradient method (``torchmali bench``'s same-grid references).
+    """
+    s = setup(func, y0, t, rtol, atol, method, options, gradient, params)
+    problem = s.problem
+    if problem.fixed or s.forward is not None:
+        raise ValueError(
+            f"solve_on_grid replays an adaptive solve; method={s.stats.method!r} here steps on a "
+            "fixed grid already: call solve() with options={'grid_constructor': ...} instead"
+        )
+    sign = problem.f.sign
+    steps = [sign * float(v) for v in torch.as_tensor(grid, dtype=torch.float64).reshape(-1)]
+    if steps[0] != problem.t_out[0] or steps[-1] < problem.t_out[-1] or steps != sorted(steps):
+        raise ValueError(
+            "grid must be the accepted grid of a solve from t[0] in the direction of t, ending "
+            "at or after t[-1] (Solution.ts)"
+        )
+    replay = replace(problem, grid=steps, interp=problem.interp_mode, replays_adaptive=True)
+    return s.run(replay, s.t_tensor)
 
 
 @dataclass
