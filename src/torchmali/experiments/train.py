@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--gradient",
         choices=GRADIENTS,
         default="mali",
-        help="gradient method (mali needs --method alf)",
+        help="gradient method (mali needs a reversible solver: alf, reversible_heun, reversible_rk)",
     )
     g.add_argument(
         "--method",

@@ -266,8 +266,9 @@ class ReversibleRK(ReversibleSolver):
             f"parasitic_tol={tol:.3g} at the final time (SolveStats.parasitic): the wrapper is "
             "unstable here (on dissipative modes with |h lambda| above about -ln(coupling)), so "
             "the forward solution is far from the ODE's (MALI's gradient is exact for this "
-            "discrete solve, not for the ODE). Use a smaller step, or the base method itself "
-            "with gradient='symplectic' or 'checkpoint'"
+            "discrete solve, not for the ODE). Use a smaller coupling (options={'coupling': "
+            "0.9}: stable to |h lambda| = 0.1), a smaller step, or the base method itself with "
+            "gradient='symplectic' or 'checkpoint'"
         )
 
 
