@@ -27,7 +27,7 @@ then amplifies the parasitic mode by ``1/|1 − 2η|`` per step, so MALI's recon
 in float32) and recomputes exactly any segment that still drifts, or the whole solve when the
 parasitic mode has blown up (see :class:`torchmali.Mali`). The gradient is then exact, but the
 forward solution is still ALF's: use ALF on short horizons or on dynamics without strongly
-dissipative modes (measured stability: ``notes/reversible.md``).
+dissipative modes (measured stability: docs/gradients.md, "Reversible solvers").
 
 The backward pass of MALI (the reversible-solver contract of :class:`ReversibleSolver`) is here
 too: the fused backward step and a faster sweep over the whole grid (:class:`ALFReverseSweep`).

@@ -24,9 +24,9 @@ beyond the natural decay ``λ`` — the parasitic mode — and the coupling term
 alone cannot see the parasitic mode: on a linear system with eigenvalues −5 and −0.5 at
 ``rtol=1e-6`` they accepted dopri5's 27 steps and returned an error 600x the tolerance; with the gap term the controller
 keeps the steps in the scheme's stable range (measured: ~100x more steps, error within
-tolerance). Reported in ``notes/reversible.md``.
+tolerance). Reported in docs/gradients.md ("Reversible solvers").
 
-Stability (derived and measured, see ``notes/reversible.md``): on ``y' = λy`` the one-step map of
+Stability (derived and measured, see docs/gradients.md ("Reversible solvers")): on ``y' = λy`` the one-step map of
 ``(y, z)`` has determinant ``λ_c`` (the coupling), so the inverse amplifies the parasitic
 ``y − z`` direction by ``1/λ_c`` per step (:meth:`ReversibleRK.inverse_amplification`). On the
 negative real axis the parasitic root is ``λ_c e^{|hλ|}`` (the physical one ``e^{hλ}``): stable
