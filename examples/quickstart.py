@@ -1,6 +1,6 @@
 """Fit a Neural ODE to a spiral with ALF and MALI's constant-memory exact gradient.
 
-Run: python examples/quickstart.py  (about 40 s on a 2-core CPU; ``--iterations N`` for fewer)
+Run: python examples/quickstart.py  (about 7 s on a 2-core CPU; ``--iterations N`` for fewer)
 """
 
 from __future__ import annotations
