@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -135,13 +134,9 @@ class DenseOutput:
     def _replay_at(self, values: list[float]) -> list[torch.Tensor]:
         s, grid = self._s, self._grid
         times = sorted({v for v in values if v > grid[0]})
-        replay = dataclasses.replace(
-            s.problem,
+        replay = s.problem.replay(
+            grid[: bisect.bisect_left(grid, times[-1]) + 1] if times else [grid[0]],
             t_out=[grid[0], *times],
-            grid=grid[: bisect.bisect_left(grid, times[-1]) + 1] if times else [grid[0]],
-            interp=s.problem.interp_mode,
-            callbacks=None,
-            replays_adaptive=s.problem.adaptive_steps,
         )
         sign = s.problem.f.sign
         t_user = torch.tensor([sign * v for v in replay.t_out], dtype=torch.float64)

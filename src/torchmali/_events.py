@@ -208,14 +208,7 @@ def solve_event(s: Setup, event_fn: Callable) -> Solution:
     sign = problem.f.sign
     event_t = torch.tensor(sign * hit.s, dtype=torch.float64).to(s.t_tensor.device, t_dtype)
     t_run = torch.stack([s.t_tensor[0], event_t])
-    replay = dataclasses.replace(
-        problem,
-        t_out=[problem.t_out[0], hit.s],
-        grid=hit.grid,
-        interp=hit.mode,
-        callbacks=None,
-        replays_adaptive=problem.adaptive_steps,
-    )
+    replay = problem.replay(hit.grid, t_out=[problem.t_out[0], hit.s], interp=hit.mode)
     needs_grad = torch.is_grad_enabled() and (
         s.y0_flat.requires_grad
         or s.t_tensor.requires_grad

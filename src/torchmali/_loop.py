@@ -87,6 +87,26 @@ class Problem:
             return "land" if self.solver.reversible else (self.options.interp or "linear")
         return "dense" if self.solver.dense_output else "land"
 
+    def replay(
+        self,
+        grid: list[float],
+        t_out: list[float] | None = None,
+        interp: str | None = None,
+        callbacks: Callbacks | None = None,
+    ) -> Problem:
+        """This problem on ``grid``, the accepted grid of an earlier solve of it, stepped as that
+        solve stepped (:attr:`adaptive_steps`) and its outputs interpolated as it did
+        (``interp``, default :attr:`interp_mode`): the values are that solve's bit for bit.
+        Callbacks are not called again unless given."""
+        return dataclasses.replace(
+            self,
+            grid=grid,
+            t_out=self.t_out if t_out is None else t_out,
+            interp=self.interp_mode if interp is None else interp,
+            callbacks=callbacks,
+            replays_adaptive=self.adaptive_steps,
+        )
+
     def user_time(self, s: float) -> float:
         return self.f.sign * s
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -196,8 +196,7 @@ def solve_on_grid(
             "grid must be the accepted grid of a solve from t[0] in the direction of t, ending "
             "at or after t[-1] (Solution.ts)"
         )
-    replay = replace(problem, grid=steps, interp=problem.interp_mode, replays_adaptive=True)
-    return s.run(replay, s.t_tensor)
+    return s.run(problem.replay(steps, callbacks=problem.callbacks), s.t_tensor)
 
 
 @dataclass

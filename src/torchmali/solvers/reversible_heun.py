@@ -18,8 +18,8 @@ Order 2. Adaptive stepping uses the free embedded estimate ``(h/2) (f̂1 − f̂
 between the trapezoidal update and the explicit Euler update ``y0 + h f̂0``), with controller
 exponent 1/2.
 
-Stability (measured, see docs/gradients.md ("Reversible solvers")): on ``y' = λy`` the one-step map of ``(y, ŷ)``
-has determinant −1, like ALF with η = 1: stable only for ``hλ`` on the imaginary segment
+Stability (measured, see docs/gradients.md, "Reversible solvers"): on ``y' = λy`` the one-step
+map of ``(y, ŷ)`` has determinant −1, like ALF with η = 1: stable only for ``hλ`` on the imaginary segment
 ``(−i, i)``; on dissipative modes the parasitic root (the ``ŷ − y`` direction) grows like
 ``e^{|λ| T}`` whatever the step. Its inverse amplifies round-off by no more than the step does
 (:meth:`ReversibleHeun.inverse_amplification` is 1).

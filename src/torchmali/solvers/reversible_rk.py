@@ -26,8 +26,8 @@ alone cannot see the parasitic mode: on a linear system with eigenvalues −5 an
 keeps the steps in the scheme's stable range (measured: ~100x more steps, error within
 tolerance). Reported in docs/gradients.md ("Reversible solvers").
 
-Stability (derived and measured, see docs/gradients.md ("Reversible solvers")): on ``y' = λy`` the one-step map of
-``(y, z)`` has determinant ``λ_c`` (the coupling), so the inverse amplifies the parasitic
+Stability (derived and measured, see docs/gradients.md, "Reversible solvers"): on ``y' = λy``
+the one-step map of ``(y, z)`` has determinant ``λ_c`` (the coupling), so the inverse amplifies the parasitic
 ``y − z`` direction by ``1/λ_c`` per step (:meth:`ReversibleRK.inverse_amplification`). On the
 negative real axis the parasitic root is ``λ_c e^{|hλ|}`` (the physical one ``e^{hλ}``): stable
 only for ``|hλ| ≤ −ln λ_c`` — ``1e-3`` at the default 0.999, 0.105 at 0.9, 0.69 at 0.5. On the
